@@ -1,0 +1,133 @@
+"""Time one MEDS memory step: ErrorMemory vs the reference implementation, same run.
+
+A step is P prompts x R rollouts (paper: 512 x 16) of d-dim features (d = 14 layers),
+against a memory filled to the depth of epoch e (every prompt seen e times before, so a
+prompt's two keys hold e x R vectors together). Features are synthetic: per prompt a few
+"error modes" plus noise (optionally some bitwise repeats); accuracy varies per prompt.
+
+    bash scripts/run.sh bench memory_step                       # P=512, e=1,10,50,100
+    bash scripts/run.sh bench memory_step --prompts 64 --epochs 1,10
+
+Prints per-step seconds for both, the speed ratio, whether the penalties are identical,
+and the bytes ErrorMemory holds per stored vector (arrays with their headers, per-key
+records and the key dict; measured after the step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from openrlhf_meds.meds import ErrorMemory, MedsConfig
+from openrlhf_meds.meds.reference import ReferenceMemory
+
+
+def rollouts(rng, prompts, modes, accuracy, r, dim, repeat_frac):
+    """Features and verdicts for r rollouts of each prompt."""
+    p = np.repeat(np.arange(prompts), r)
+    correct = rng.random(len(p)) < accuracy[p]
+    which = rng.integers(0, modes.shape[1], len(p))
+    # correct and wrong answers use different modes (offset by half the modes)
+    feats = modes[p, (which + correct * (modes.shape[1] // 2)) % modes.shape[1]]
+    feats = feats + rng.normal(scale=0.3, size=feats.shape)
+    repeat = rng.random(len(p)) < repeat_frac  # identical rollouts repeat a feature exactly
+    feats[repeat] = feats[np.maximum(np.nonzero(repeat)[0] - 1, 0)]
+    return p, feats.astype(np.float32), correct
+
+
+def held_bytes(memory: ErrorMemory) -> int:
+    """Bytes of the memory's own objects: arrays with their headers, per-key records and
+    the key dict (what stays resident per stored vector)."""
+    total = sys.getsizeof(memory.keys)
+    for key, m in memory.keys.items():
+        total += sys.getsizeof(key) + sys.getsizeof(key[0]) + sys.getsizeof(m)
+        total += sum(sys.getsizeof(a) for a in (m.vectors, m.labels, m.mst) if a is not None)
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=512)
+    ap.add_argument("--rollouts", type=int, default=16)
+    ap.add_argument("--dim", type=int, default=14)
+    ap.add_argument("--epochs", default="1,10,50,100", help="memory depths to time, comma-separated")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--reference-tree",
+        choices=["exact", "approx"],
+        default="exact",
+        help="spanning tree of the reference's hdbscan call: exact (what ErrorMemory computes, "
+        "so penalties must be identical) or approx (the package default of the official code; "
+        "~5-25%% faster, occasionally a non-minimal tree, so a few penalties may differ)",
+    )
+    ap.add_argument(
+        "--repeat-frac",
+        type=float,
+        default=0.0,
+        help="fraction of rollouts whose feature exactly repeats the previous one (bitwise "
+        "duplicates; their vote ties can need the hdbscan package's numbering, see README)",
+    )
+    ap.add_argument("--no-reference", action="store_true", help="time ErrorMemory only")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(args.seed)
+    P, R, d = args.prompts, args.rollouts, args.dim
+    modes = rng.normal(size=(P, 8, d)) * 2.0
+    accuracy = rng.uniform(0, 1, P)
+    keys = [f"prompt-{i}" for i in range(P)]
+    cfg = MedsConfig()
+
+    print(f"one step = {P} prompts x {R} rollouts, d={d}, repeats {args.repeat_frac}; reference tree: {args.reference_tree}")
+    header = f"{'epoch':>5} {'vectors':>10} {'ref s/step':>11} {'ours s/step':>12} {'ratio':>7} {'identical':>10} {'B/vector':>9}"
+    print(header)
+    print("-" * len(header))
+
+    # Fill both memories epoch by epoch (untimed), time one step at each requested depth.
+    filler = ErrorMemory(MedsConfig(target="none"))  # appends without computing sizes
+    ref = None if args.no_reference else ReferenceMemory(approx_min_span_tree=args.reference_tree == "approx")
+    depths = sorted(int(e) for e in args.epochs.split(","))
+    filled = 0
+    for e in depths:
+        while filled < e:
+            p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, args.repeat_frac)
+            filler.assign([keys[i] for i in p], feats, correct)
+            if ref is not None:
+                for j in range(len(p)):
+                    ref.vectors.setdefault((keys[p[j]], bool(correct[j])), []).append(feats[j].astype(np.float64).tolist())
+            filled += 1
+        ours = ErrorMemory(cfg)
+        ours.load_state_dict(filler.state_dict())
+        ours.recluster()  # the labels the memory has at the start of this step
+        if ref is not None:
+            for key in ref.vectors:
+                ref._cluster(key)
+        vectors = ours.stats()["vectors"]
+
+        p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, args.repeat_frac)
+        step_keys = [keys[i] for i in p]
+        t0 = time.perf_counter()
+        _, pen_ours = ours.step(step_keys, feats, correct)
+        t_ours = time.perf_counter() - t0
+        bpv = held_bytes(ours) / max(ours.stats()["vectors"], 1)
+        if ref is not None:
+            t0 = time.perf_counter()
+            _, pen_ref = ref.step(step_keys, feats, correct)
+            t_ref = time.perf_counter() - t0
+            differ = int((pen_ours != pen_ref).sum())
+            same = "yes" if differ == 0 else f"{differ} differ"
+            print(f"{e:>5} {vectors:>10} {t_ref:>11.2f} {t_ours:>12.3f} {t_ref / t_ours:>6.0f}x {same:>10} {bpv:>9.1f}")
+        else:
+            print(f"{e:>5} {vectors:>10} {'-':>11} {t_ours:>12.3f} {'-':>7} {'-':>10} {bpv:>9.1f}")
+        filler.assign(step_keys, feats, correct)  # the next depth continues after this step
+        filled += 1
+    stats = ours.stats()
+    print(f"\nlast step: {int((pen_ours > 0).sum())} of {len(pen_ours)} rollouts penalized, "
+          f"{stats['clusters_per_key']:.1f} clusters per clustered key, noise fraction {stats['noise_frac']:.2f}, "
+          f"numbering-dependent vote ties {stats.get('vote_ties', 0)}, package fallbacks {stats.get('tie_fallbacks', 0)}")
+
+
+if __name__ == "__main__":
+    main()

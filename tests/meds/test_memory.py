@@ -1,0 +1,195 @@
+"""ErrorMemory options, bad input and checkpoints (exactness: test_memory_parity.py)."""
+
+import numpy as np
+import pytest
+
+from openrlhf_meds.meds import ErrorMemory, MedsConfig
+
+D = 14
+
+
+def clustered_steps(seed, steps=4, prompts=3, n=10):
+    """Rollouts around two modes per prompt; all wrong unless `correct` says otherwise."""
+    rng = np.random.default_rng(seed)
+    modes = rng.normal(size=(prompts, 2, D)) * 3
+    out = []
+    for _ in range(steps):
+        keys = [f"q{p}" for p in range(prompts) for _ in range(n)]
+        feats = np.concatenate([modes[p, rng.integers(0, 2, n)] + rng.normal(size=(n, D)) * 0.1 for p in range(prompts)])
+        correct = rng.random(len(keys)) < 0.3
+        out.append((keys, feats.astype(np.float32), correct))
+    return out
+
+
+def run(cfg, steps):
+    mem = ErrorMemory(cfg)
+    return mem, [mem.step(*s) for s in steps]
+
+
+def test_first_visit_is_free_then_repeats_are_penalized():
+    steps = clustered_steps(0)
+    mem, results = run(MedsConfig(), steps)
+    sizes0, pens0 = results[0]
+    assert (sizes0 == 0).all() and (pens0 == 0).all()
+    sizes, pens = results[2]
+    wrong = ~steps[2][2]
+    assert (sizes[wrong] >= 2).all(), "wrong rollouts land in clusters of past errors"
+    assert (sizes[~wrong] == 0).all(), "target=wrong leaves correct rollouts alone"
+    np.testing.assert_allclose(pens[wrong], np.minimum(0.1 * np.log(sizes[wrong] + 1.0), 0.2))
+
+
+@pytest.mark.parametrize("target", ["right", "both", "none"])
+def test_targets(target):
+    steps = clustered_steps(1)
+    _, results = run(MedsConfig(target=target), steps)
+    sizes, _ = results[-1]
+    correct = steps[-1][2]
+    penalized = {"right": correct, "both": np.ones_like(correct), "none": np.zeros_like(correct)}[target]
+    assert (sizes[~penalized] == 0).all()
+    assert (sizes[penalized] > 0).all()
+
+
+def test_noise_policy_zero_vs_cluster():
+    # isolated random directions: every stored vector is noise, a vote gives label -1
+    rng = np.random.default_rng(2)
+    steps = [(["k"] * 3, rng.normal(size=(3, D)).astype(np.float32), np.zeros(3, bool)) for _ in range(3)]
+    _, ref = run(MedsConfig(noise="cluster"), steps)
+    _, zero = run(MedsConfig(noise="zero"), steps)
+    assert (ref[1][0] == 3).all(), "the reference counts all stored noise points"
+    assert (zero[1][0] == 0).all()
+
+
+def test_joint_assignment_counts_the_new_rollouts_cluster():
+    steps = clustered_steps(3, steps=2)
+    _, results = run(MedsConfig(assignment="joint", target="both"), steps)
+    sizes0, _ = results[0]
+    # first visit: the new rollouts of a prompt already cluster among themselves (a noise
+    # point counts the key's noise points, itself included, under the reference policy)
+    assert (sizes0 > 0).all() and (sizes0 >= 2).mean() > 0.9
+    _, knn = run(MedsConfig(target="both"), steps)
+    assert (knn[0][0] == 0).all()
+    # a joint cluster also counts this step's rollouts, so it is larger on average
+    assert results[1][0].mean() > knn[1][0].mean()
+
+
+def test_single_and_random_ablations():
+    steps = clustered_steps(4, steps=3)
+    mem, single = run(MedsConfig(clustering="single", target="both"), steps)
+    stored_before = 2 * 10  # two steps of one prompt's rollouts, split by verdict
+    keys, _, correct = steps[2]
+    expected = [sum(1 for s in steps[:2] for k2, c2 in zip(s[0], s[2]) if k2 == k and c2 == c) for k, c in zip(keys, correct)]
+    np.testing.assert_array_equal(single[2][0], expected)
+    assert sum(expected[:10]) <= stored_before * 10
+    _, rnd1 = run(MedsConfig(clustering="random", seed=1, target="both"), steps)
+    _, rnd2 = run(MedsConfig(clustering="random", seed=1, target="both"), steps)
+    np.testing.assert_array_equal(rnd1[2][0], rnd2[2][0])  # seeded
+    assert (rnd1[2][0] > 0).all()
+
+
+def test_memory_bound_evicts_oldest():
+    steps = clustered_steps(5, steps=5, prompts=1)
+    mem, _ = run(MedsConfig(memory_bound=12, target="both"), steps)
+    for key, m in mem.keys.items():
+        assert len(m.vectors) <= 12
+        # the kept vectors are the most recent ones of that key
+        recent = np.concatenate([s[1][[i for i in range(len(s[0])) if (s[0][i], bool(s[2][i])) == key]] for s in steps])
+        np.testing.assert_array_equal(m.vectors, recent[-len(m.vectors):])
+    assert mem.stats()["evicted"] == 50 - sum(len(m.vectors) for m in mem.keys.values())
+
+
+def test_bad_features_are_rejected_per_rollout_and_counted():
+    steps = clustered_steps(6, steps=2, prompts=1)
+    keys, feats, correct = steps[1]
+    feats = feats.copy()
+    correct = np.zeros_like(correct)
+    feats[0] = np.nan  # no \boxed{} answer
+    feats[1, 3] = np.nan
+    feats[2, 0] = np.inf
+    feats[3] = 0.0
+    mem = ErrorMemory(MedsConfig())
+    mem.step(steps[0][0], steps[0][1], np.zeros(10, bool))
+    before = mem.keys[("q0", False)].vectors.copy()
+    sizes, pens = mem.step(keys, feats, correct)
+    assert (sizes[:4] == 0).all() and (pens[:4] == 0).all()
+    assert (sizes[4:] > 0).all(), "the valid rollouts of the same key still get penalties"
+    stored = mem.keys[("q0", False)].vectors
+    np.testing.assert_array_equal(stored[: len(before)], before)
+    assert len(stored) == len(before) + 6 and np.isfinite(stored).all()
+    st = mem.stats()
+    assert (st["rejected_no_feature"], st["rejected_nan"], st["rejected_inf"], st["rejected_zero_vector"]) == (1, 1, 1, 1)
+
+
+def test_malformed_calls_raise_and_change_nothing():
+    mem = ErrorMemory()
+    mem.step(["a", "a"], np.ones((2, D), np.float32), np.array([False, False]))
+    state = mem.state_dict()
+    with pytest.raises(ValueError, match="14"):
+        mem.step(["a"], np.ones((1, 5), np.float32), np.array([False]))
+    with pytest.raises(ValueError, match="n=2"):
+        mem.step(["a", "b"], np.ones((3, D)), np.array([False, False]))
+    with pytest.raises(ValueError, match="bool"):
+        mem.step(["a"], np.ones((1, D)), np.array([0.7]))
+    with pytest.raises(TypeError, match="str or int"):
+        mem.step([("a", 1)], np.ones((1, D)), np.array([False]))
+    assert mem.state_dict()["vectors"].shape == state["vectors"].shape
+    sizes, pens = mem.step([], np.empty((0, D)), np.empty(0, bool))  # an empty step
+    assert sizes.shape == pens.shape == (0,)
+
+
+def test_assign_then_late_recluster_equals_step():
+    """Results never depend on when the (background) re-clustering runs."""
+    steps = clustered_steps(7, steps=5)
+    _, sync = run(MedsConfig(target="both"), steps)
+    lazy = ErrorMemory(MedsConfig(target="both"))
+    for i, s in enumerate(steps):
+        sizes, pens, touched = lazy.assign(*s)
+        np.testing.assert_array_equal(sizes, sync[i][0])
+        np.testing.assert_array_equal(pens, sync[i][1])
+        if i % 2:
+            assert lazy.recluster(touched) == len(touched)
+
+
+def test_checkpoint_round_trip_resumes_exactly(tmp_path):
+    steps = clustered_steps(8, steps=6)
+    _, full = run(MedsConfig(), steps)
+    mem = ErrorMemory(MedsConfig())
+    for s in steps[:3]:
+        mem.step(*s)
+    path = tmp_path / "sub" / "memory.npz"
+    mem.save(str(path))
+    resumed = ErrorMemory.load(str(path))
+    assert resumed.stats() == mem.stats()
+    for i, s in enumerate(steps[3:], start=3):
+        sizes, pens = resumed.step(*s)
+        np.testing.assert_array_equal(sizes, full[i][0])
+        np.testing.assert_array_equal(pens, full[i][1])
+    assert [p.name for p in path.parent.iterdir()] == ["memory.npz"], "no temporary files left"
+
+
+def test_corrupt_or_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no MEDS memory checkpoint"):
+        ErrorMemory.load(str(tmp_path / "missing.npz"))
+    mem = ErrorMemory()
+    mem.step(["a"] * 4, np.random.default_rng(0).normal(size=(4, D)), np.zeros(4, bool))
+    good = tmp_path / "m.npz"
+    mem.save(str(good))
+    data = good.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt MEDS memory checkpoint"):
+        ErrorMemory.load(str(tmp_path / "trunc.npz"))
+    (tmp_path / "junk.npz").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt MEDS memory checkpoint"):
+        ErrorMemory.load(str(tmp_path / "junk.npz"))
+    state = mem.state_dict()
+    state["version"] = 99
+    with pytest.raises(ValueError, match="version 99"):
+        ErrorMemory().load_state_dict(state)
+
+
+def test_stats_and_compact_storage():
+    steps = clustered_steps(9, steps=4, prompts=4, n=16)
+    mem, _ = run(MedsConfig(target="both"), steps)
+    st = mem.stats()
+    assert st["vectors"] == 4 * 4 * 16 and st["rollouts"] == 256
+    assert st["bytes_per_vector"] <= 80, "float32 vectors + int32 labels + int32 tree"
+    assert st["clusters_per_key"] >= 1 and 0 <= st["noise_frac"] <= 1
