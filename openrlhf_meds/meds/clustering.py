@@ -43,40 +43,6 @@ def _dist2(xn, i, j):
 
 
 @njit(cache=True, nogil=True)
-def _edges_to_parents(n, eu, ev, ne):
-    deg = np.zeros(n + 1, np.int64)
-    for e in range(ne):
-        deg[eu[e] + 1] += 1
-        deg[ev[e] + 1] += 1
-    for i in range(n):
-        deg[i + 1] += deg[i]
-    fill = deg[:-1].copy()
-    nbr = np.empty(2 * ne, np.int64)
-    for e in range(ne):
-        nbr[fill[eu[e]]] = ev[e]
-        fill[eu[e]] += 1
-        nbr[fill[ev[e]]] = eu[e]
-        fill[ev[e]] += 1
-    parent = np.full(n, -1, np.int32)
-    seen = np.zeros(n, np.bool_)
-    stack = np.empty(n, np.int64)
-    sp = 1
-    stack[0] = 0
-    seen[0] = True
-    while sp > 0:
-        sp -= 1
-        u = stack[sp]
-        for t in range(deg[u], deg[u + 1]):
-            w = nbr[t]
-            if not seen[w]:
-                seen[w] = True
-                parent[w] = u
-                stack[sp] = w
-                sp += 1
-    return parent
-
-
-@njit(cache=True, nogil=True)
 def _labels(n, eu, ev, ew):
     """HDBSCAN labels (min_cluster_size=2) from MST edges sorted by weight."""
     labels = np.full(n, -1, np.int64)
@@ -325,7 +291,8 @@ def _recluster(xn, parent):
             k += 1
             if k == n - 1:
                 break
-    return _edges_to_parents(n, eu, ev, k), eu[:k], ev[:k], ew[:k]
+    parent_of = _tree_order(n, eu, ev, k)[1].astype(np.int32)  # rooted at 0: root is -1
+    return parent_of, eu[:k], ev[:k], ew[:k]
 
 
 @njit(cache=True, nogil=True)

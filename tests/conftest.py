@@ -1,0 +1,51 @@
+"""Shared fixtures: Qwen's real tokenizer and tiny random Qwen2 models, saved and reloaded
+once per test session (building the tokenizer from 151k BPE ranks takes seconds)."""
+
+import os
+
+import pytest
+import torch
+
+# Nothing may be downloaded: fail fast instead of waiting on the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The test models are tiny: one thread is faster than two, and on a busy 2-core machine
+# OpenMP's thread hand-offs made each small matmul ~30x slower.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    from openrlhf_meds.toy import build_qwen_tokenizer
+
+    return build_qwen_tokenizer()
+
+
+def _saved_tiny_qwen2(tmp_path_factory, tie_word_embeddings):
+    from transformers import AutoModelForCausalLM
+
+    from openrlhf_meds.toy import build_qwen_tokenizer, make_tiny_qwen2
+
+    path = str(tmp_path_factory.mktemp("tiny_qwen2_tied" if tie_word_embeddings else "tiny_qwen2"))
+    model = make_tiny_qwen2(tie_word_embeddings=tie_word_embeddings)
+    # RMSNorm weights start at 1; random ones make a missing or doubled norm visible.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    model.save_pretrained(path)
+    build_qwen_tokenizer(path)
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory):
+    """16-layer random Qwen2 (hidden 128, Qwen's 151,936-row vocabulary, random norm weights),
+    untied lm_head, saved with Qwen's tokenizer and reloaded."""
+    return _saved_tiny_qwen2(tmp_path_factory, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_tied(tmp_path_factory):
+    """As tiny_qwen2, with the lm_head tied to the input embeddings."""
+    return _saved_tiny_qwen2(tmp_path_factory, tie_word_embeddings=True)
