@@ -22,7 +22,11 @@ CHOICES = {
     "assignment": ("knn_prev", "joint"),
     "noise": ("cluster", "zero"),
     "clustering": ("exact", "hdbscan", "random", "single"),
+    "feature_source": ("vllm", "actor"),
 }
+
+# Group ids carry their shard in the low bits (see openrlhf_meds/memory_actor.py).
+MAX_SHARDS = 1024
 
 
 @dataclass
@@ -58,6 +62,19 @@ class MedsConfig:
     # vectors are evicted first.
     memory_bound: int = 0
     seed: int = 0  # for clustering=random
+    # Where features come from: the patched vLLM engines (vllm) or the training-side
+    # log-prob forward (actor), for engines where the vLLM patch is unavailable.
+    feature_source: str = "vllm"
+    # The memory service (openrlhf_meds/memory_actor.py): number of MemoryActor shards
+    # (keys are spread by a stable hash of the prompt key), a recovery snapshot every
+    # `snapshot_interval` steps (0: only with training checkpoints), and the directory
+    # for recovery snapshots and the write-ahead log ("": a fresh temporary directory).
+    memory_shards: int = 1
+    # DAPO dynamic filtering drops groups whose raw scores are all equal; the reference
+    # keeps them out of the memory too (false). true: they enter the memory (not shaped).
+    filtered_into_memory: bool = False
+    snapshot_interval: int = 10
+    memory_dir: str = ""
     preset: str | None = None  # name or path of the preset these values came from
 
     def __post_init__(self):
@@ -91,7 +108,13 @@ class MedsConfig:
             or self.memory_bound == 1
         ):
             bad("memory_bound", f"must be 0 (unbounded) or an integer >= 2, got {self.memory_bound!r}")
-        for name in ("enable", "layer_diff", "logit_lens"):
+        if isinstance(self.memory_shards, bool) or not (isinstance(self.memory_shards, int) and 1 <= self.memory_shards <= MAX_SHARDS):
+            bad("memory_shards", f"must be an integer in [1, {MAX_SHARDS}], got {self.memory_shards!r}")
+        if isinstance(self.snapshot_interval, bool) or not isinstance(self.snapshot_interval, int) or self.snapshot_interval < 0:
+            bad("snapshot_interval", f"must be an integer >= 0 (steps; 0 = only at checkpoints), got {self.snapshot_interval!r}")
+        if not isinstance(self.memory_dir, str):
+            bad("memory_dir", f"must be a path, got {self.memory_dir!r}")
+        for name in ("enable", "layer_diff", "logit_lens", "filtered_into_memory"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, f"must be true or false, got {getattr(self, name)!r}")
         return self

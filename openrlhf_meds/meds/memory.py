@@ -43,12 +43,16 @@ REJECT_REASONS = ("no_feature", "nan", "inf", "zero_vector")
 class _Key:
     """One key's memory: vectors, labels of the last clustering, and its MST."""
 
-    __slots__ = ("vectors", "labels", "mst")
+    __slots__ = ("vectors", "labels", "mst", "step", "at_step_start")
 
     def __init__(self, dim: int):
         self.vectors = np.empty((0, dim), np.float32)
         self.labels: np.ndarray | None = np.empty(0, np.int32)  # None: appended since
         self.mst: np.ndarray | None = np.empty(0, np.int32)  # MST of the first len(mst) rows
+        # The step that last assigned to this key, and (vectors, labels) as they were when
+        # it began: a second group of the same prompt in that step is assigned against them.
+        self.step: int | None = None
+        self.at_step_start: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _package_labels(xn: np.ndarray, approx: bool) -> np.ndarray:
@@ -106,6 +110,8 @@ class ErrorMemory:
         self.dim: int | None = None
         self.counters: Counter = Counter()
         self._rng = np.random.default_rng(self.config.seed)
+        self._latest_step: int | None = None
+        self._step_keys: list[tuple] = []  # keys holding an at_step_start view
 
     # ------------------------------------------------------------------ one step
 
@@ -116,10 +122,21 @@ class ErrorMemory:
         self.recluster(touched)
         return sizes, pens
 
-    def assign(self, prompt_keys: Sequence[Hashable], features, correct):
+    def assign(self, prompt_keys: Sequence[Hashable], features, correct, step: int | None = None):
         """Steps 1-2 of the reference step: cluster sizes and penalties from the previous
-        clustering, then append. Returns (sizes, penalties, touched keys)."""
-        keys, feats, ok = self._check(prompt_keys, features, correct)
+        clustering, then append. Returns (sizes, penalties, touched keys).
+
+        Without `step`, one call is one training step. With `step`, a step may arrive as
+        several calls (one per prompt group, in any order): a key assigned twice in the same
+        step (a prompt drawn twice) is assigned against the memory as it was when the step
+        began, so the results equal one `step()` call over the whole step. Steps must not
+        go backwards for a key.
+        """
+        keys, feats, ok = self.check(prompt_keys, features, correct)
+        if len(keys):
+            self.dim = feats.shape[1]
+        if step is not None:
+            self._begin_step(int(step))
         n = len(keys)
         sizes = np.zeros(n, np.int64)
         valid = self._valid_rows(feats)
@@ -141,7 +158,7 @@ class ErrorMemory:
                 sizes[rows] = self._label_sizes(mem.labels[-len(rows):], np.bincount(mem.labels + 1))
                 continue
             if self._targeted(key[1]):
-                sizes[rows] = self._sizes(mem, new)
+                sizes[rows] = self._sizes(*self._view(key, mem, step), new)
             self._append(mem, new)
         self.counters["stored"] += int(valid.sum())
         pens = compute_penalties(sizes, self.config.alpha, self.config.beta)
@@ -161,7 +178,40 @@ class ErrorMemory:
 
     # ------------------------------------------------------------------ internals
 
-    def _check(self, prompt_keys, features, correct):
+    def _begin_step(self, step: int):
+        if self._latest_step is not None and step > self._latest_step:
+            # A new step: views of older steps are no longer needed (free their arrays).
+            for key in self._step_keys:
+                mem = self.keys.get(key)
+                if mem is not None and mem.step is not None and mem.step < step:
+                    mem.at_step_start = None
+            self._step_keys = [k for k in self._step_keys if k in self.keys and self.keys[k].at_step_start is not None]
+        if self._latest_step is None or step > self._latest_step:
+            self._latest_step = step
+
+    def _view(self, key: tuple, mem: _Key, step: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(stored vectors, their labels) that a new rollout of `key` is assigned against."""
+        if step is not None and mem.step is not None:
+            if step < mem.step:
+                raise ValueError(
+                    f"step {step} for prompt key {key[0]!r} arrived after step {mem.step}: "
+                    f"steps must not go backwards for a key"
+                )
+            if step == mem.step:
+                if mem.at_step_start is not None:
+                    return mem.at_step_start
+                self.counters["late_duplicates"] += 1  # view already freed: best effort
+        if mem.labels is None and self.config.clustering != "single":
+            self._cluster(mem)
+        if step is not None:
+            mem.step = step
+            mem.at_step_start = (mem.vectors, mem.labels)
+            self._step_keys.append(key)
+        return mem.vectors, mem.labels
+
+    def check(self, prompt_keys, features, correct):
+        """Validate one call's inputs (clear errors, nothing changed); returns (keys list,
+        float32 features [n, d], bool correct [n])."""
         keys = list(prompt_keys)
         for k in keys:
             if not isinstance(k, (str, int)) or isinstance(k, bool):
@@ -177,8 +227,6 @@ class ErrorMemory:
             raise ValueError(f"correct must be a bool array (score >= 0.5), got {ok.dtype}")
         if len(keys) and self.dim is not None and feats.shape[1] != self.dim:
             raise ValueError(f"features have {feats.shape[1]} dims but the memory holds {self.dim}")
-        if len(keys):
-            self.dim = feats.shape[1]
         return keys, feats, ok
 
     def _valid_rows(self, feats: np.ndarray) -> np.ndarray:
@@ -200,28 +248,26 @@ class ErrorMemory:
         target = self.config.target
         return target == "both" or (target == "wrong" and not correct) or (target == "right" and correct)
 
-    def _sizes(self, mem: _Key, new: np.ndarray) -> np.ndarray:
+    def _sizes(self, vectors: np.ndarray, stored_labels: np.ndarray | None, new: np.ndarray) -> np.ndarray:
         cfg = self.config
-        stored = len(mem.vectors)
+        stored = len(vectors)
         if cfg.clustering == "single":  # count-based ablation: one cluster per key
             return np.full(len(new), stored, np.int64)
         if stored == 0:
             return np.zeros(len(new), np.int64)
-        if mem.labels is None:
-            self._cluster(mem)
-        counts = np.bincount(mem.labels + 1)
+        counts = np.bincount(stored_labels + 1)
         if cfg.clustering == "random":  # ablation: the cluster of a random stored vector
-            return self._label_sizes(mem.labels[self._rng.integers(0, stored, len(new))], counts)
+            return self._label_sizes(stored_labels[self._rng.integers(0, stored, len(new))], counts)
         k = min(cfg.knn_k, stored)
-        neighbours = _cosine_topk(mem.vectors, new, k)
-        labels, ambiguous = _vote(mem.labels[neighbours], counts)
+        neighbours = _cosine_topk(vectors, new, k)
+        labels, ambiguous = _vote(stored_labels[neighbours], counts)
         if ambiguous.any() and cfg.clustering == "exact":
             # A tie between clusters goes to the smaller cluster number. Ours equal the
             # package's except among coincident rows (its KD-tree picks one of several
             # equidistant neighbours, which shifts its numbering) and above 60 dims (it
             # uses Prim's algorithm there): then ask the package for its numbers.
             self.counters["vote_ties"] += int(ambiguous.sum())
-            xn = normalize_rows(mem.vectors)
+            xn = normalize_rows(vectors)
             if xn.shape[1] > 60 or len(np.unique(xn, axis=0)) < len(xn):
                 ref = _package_labels(xn, approx=False)
                 counts = np.bincount(ref + 1)
@@ -269,6 +315,8 @@ class ErrorMemory:
             "keys": len(self.keys),
             "vectors": vectors,
             "bytes_per_vector": nbytes / vectors if vectors else 0.0,
+            "clustered_keys": len(clustered),
+            "clustered_vectors": int(sum(len(m.labels) for m in clustered)),
             "clusters_per_key": float(np.mean([m.labels.max() + 1 for m in clustered])) if clustered else 0.0,
             "noise_frac": (
                 float(sum((m.labels == -1).sum() for m in clustered) / sum(len(m.labels) for m in clustered))
@@ -280,6 +328,20 @@ class ErrorMemory:
         return out
 
     # ------------------------------------------------------------------ checkpoints
+
+    def absorb(self, other: "ErrorMemory", keep=lambda prompt_key: True, counters: bool = True):
+        """Move the keys of `other` whose prompt key passes `keep` into this memory, and add
+        its counters if `counters` (used to re-shard a saved memory)."""
+        if other.dim is not None and self.dim is not None and other.dim != self.dim:
+            raise ValueError(f"cannot merge memories of {other.dim} and {self.dim} dims")
+        for key, mem in other.keys.items():
+            if keep(key[0]):
+                if key in self.keys:
+                    raise ValueError(f"key {key!r} is in both memories")
+                self.keys[key] = mem
+                self.dim = other.dim
+        if counters:
+            self.counters.update(other.counters)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: vectors, labels, trees, counters."""
@@ -298,7 +360,7 @@ class ErrorMemory:
             "rng": self._rng.bit_generator.state,
             "keys": [[k[0], k[1]] for k in keys],
             "sizes": np.array([len(m.vectors) for m in mems], np.int64),
-            "vectors": cat([m.vectors for m in mems], np.float32).reshape(-1, self.dim or 0),
+            "vectors": cat([m.vectors for m in mems], np.float32).reshape(-1, self.dim) if mems else np.empty((0, 0), np.float32),
             "has_labels": np.array([m.labels is not None for m in mems], bool),
             "labels": cat([m.labels for m in mems if m.labels is not None], np.int32),
             "mst_sizes": np.array([-1 if m.mst is None else len(m.mst) for m in mems], np.int64),

@@ -28,6 +28,12 @@ def test_defaults_are_the_official_run():
         ({"memory_bound": 1}, "--meds.memory_bound"),
         ({"clustering": "kmeans"}, "--meds.clustering"),
         ({"knn_k": 0}, "--meds.knn_k"),
+        ({"memory_shards": 0}, "--meds.memory_shards"),
+        ({"memory_shards": 1025}, "--meds.memory_shards"),
+        ({"memory_shards": True}, "--meds.memory_shards"),
+        ({"snapshot_interval": -1}, "--meds.snapshot_interval"),
+        ({"feature_source": "hf"}, "--meds.feature_source"),
+        ({"filtered_into_memory": "yes"}, "--meds.filtered_into_memory"),
     ],
 )
 def test_invalid_values_name_the_flag(kwargs, flag):

@@ -149,6 +149,35 @@ def test_assign_then_late_recluster_equals_step():
             assert lazy.recluster(touched) == len(touched)
 
 
+@pytest.mark.parametrize("cfg", [MedsConfig(), MedsConfig(target="both", memory_bound=25), MedsConfig(clustering="single")])
+def test_step_split_into_shuffled_groups_with_repeated_prompts_equals_step(cfg):
+    """A step arriving group by group in random order, with a prompt drawn twice (two groups
+    of one key in one step), gives exactly the one-call step over the same rollouts (in
+    arrival order: a repeated prompt's rollouts enter its memory in that order)."""
+    rng = np.random.default_rng(3)
+    steps = clustered_steps(11, steps=5, prompts=3, n=8)
+    # q0 appears twice in every step: its second group is q1's rollouts relabelled.
+    steps = [(["q0" if k == "q1" else k for k in keys], f, c) for keys, f, c in steps]
+    orders = [rng.permutation(3) for _ in steps]
+    arrived = [(np.concatenate([np.arange(8) + 8 * g for g in order])) for order in orders]
+    _, sync = run(cfg, [([keys[i] for i in rows], f[rows], c[rows]) for (keys, f, c), rows in zip(steps, arrived)])
+    mem = ErrorMemory(cfg)
+    for t, (keys, feats, correct) in enumerate(steps):
+        sizes, pens = [], []
+        for g in orders[t]:
+            rows = np.arange(8) + 8 * g
+            out = mem.assign([keys[i] for i in rows], feats[rows], correct[rows], step=t)
+            sizes.append(out[0]), pens.append(out[1])
+            if rng.random() < 0.5:
+                mem.recluster(out[2])  # background work may or may not have run
+        np.testing.assert_array_equal(np.concatenate(sizes), sync[t][0])
+        np.testing.assert_array_equal(np.concatenate(pens), sync[t][1])
+    assert (sync[-1][0] > 0).any()
+    assert mem.stats().get("late_duplicates", 0) == 0
+    with pytest.raises(ValueError, match="steps must not go backwards"):
+        mem.assign(["q0"], steps[0][1][:1], np.array([False]), step=2)
+
+
 def test_checkpoint_round_trip_resumes_exactly(tmp_path):
     steps = clustered_steps(8, steps=6)
     _, full = run(MedsConfig(), steps)
@@ -164,6 +193,14 @@ def test_checkpoint_round_trip_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(sizes, full[i][0])
         np.testing.assert_array_equal(pens, full[i][1])
     assert [p.name for p in path.parent.iterdir()] == ["memory.npz"], "no temporary files left"
+
+
+def test_empty_memory_round_trip(tmp_path):
+    ErrorMemory().save(str(tmp_path / "empty.npz"))
+    mem = ErrorMemory.load(str(tmp_path / "empty.npz"))
+    assert mem.stats()["keys"] == 0 and mem.dim is None
+    sizes, _ = mem.step(["a"] * 2, np.ones((2, D), np.float32), np.zeros(2, bool))
+    assert (sizes == 0).all()
 
 
 def test_corrupt_or_missing_checkpoint(tmp_path):

@@ -1,0 +1,134 @@
+"""MemoryActor at paper scale: the critical path of a streamed step vs the reference step.
+
+A step is P prompt groups x R rollouts (paper: 512 x 16) against a memory at the depth of
+epoch e (see memory_step.py for the synthetic features). The groups are submitted to the
+MemoryActor one by one over `--stream-seconds`, as vLLM engines would finish them; then:
+
+- critical path: from the last group's submit (acknowledged) to all penalties fetched;
+- work: the shard's compute for the step (assignments + background re-clustering), and
+  how long after the last submit the background work was done (it must finish before the
+  same keys come back: the next step's generation, and in the paper's setting the next
+  epoch, since each prompt is drawn once per epoch);
+- the reference-semantics step (ReferenceMemory, all on the critical path), timed in the
+  same run on the same rollouts, and whether the penalties are identical.
+
+    bash scripts/run.sh bench memory_actor                  # P=512, e=1,10,50,100
+    bash scripts/run.sh bench memory_actor --prompts 64 --epochs 1,10 --stream-seconds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import ray
+
+from memory_step import rollouts  # benchmarks/ is the script's directory
+
+from openrlhf_meds.meds import ErrorMemory, MedsConfig
+from openrlhf_meds.meds.reference import ReferenceMemory
+from openrlhf_meds.memory_actor import MANIFEST, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, MemoryClient
+
+
+def save_as_snapshot(memory: ErrorMemory, directory: str):
+    """Write `memory` as a one-shard MemoryClient snapshot (to start the actor at depth e)."""
+    os.makedirs(directory, exist_ok=True)
+    memory.save(os.path.join(directory, "shard-00000-of-00001.npz"))
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump({"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "num_shards": 1,
+                   "files": ["shard-00000-of-00001.npz"], "step": None}, f)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=512)
+    ap.add_argument("--rollouts", type=int, default=16)
+    ap.add_argument("--dim", type=int, default=14)
+    ap.add_argument("--epochs", default="1,10,50,100", help="memory depths to time, comma-separated")
+    ap.add_argument("--shards", type=int, default=1)
+    ap.add_argument("--stream-seconds", type=float, default=10.0,
+                    help="spread the step's submits over this long (generation; minutes on GPUs)")
+    ap.add_argument("--no-reference", action="store_true", help="time the MemoryActor only")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(args.seed)
+    P, R, d = args.prompts, args.rollouts, args.dim
+    modes = rng.normal(size=(P, 8, d)) * 2.0
+    accuracy = rng.uniform(0, 1, P)
+    keys = [f"prompt-{i}" for i in range(P)]
+    depths = sorted(int(e) for e in args.epochs.split(","))
+
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False)
+    tmp = tempfile.mkdtemp(prefix="meds_bench_")
+    cfg = MedsConfig(memory_shards=args.shards, memory_dir=os.path.join(tmp, "state"), snapshot_interval=0)
+    client = MemoryClient.start(cfg, num_cpus=1)
+
+    print(f"one step = {P} groups x {R} rollouts, d={d}, {args.shards} shard(s), submits over {args.stream_seconds:g} s")
+    header = (f"{'epoch':>5} {'vectors':>9} {'critical s':>11} {'ref step s':>11} {'ratio':>7} "
+              f"{'work s':>7} {'bg done s':>10} {'identical':>10}")
+    print(header)
+    print("-" * len(header))
+    filler = ErrorMemory(MedsConfig(target="none"))  # appends without computing sizes
+    ref = None if args.no_reference else ReferenceMemory(approx_min_span_tree=False)
+    filled = 0
+    for e in depths:
+        while filled < e:  # fill both memories to depth e (untimed)
+            p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, 0.0)
+            filler.assign([keys[i] for i in p], feats, correct)
+            if ref is not None:
+                for j in range(len(p)):
+                    ref.vectors.setdefault((keys[p[j]], bool(correct[j])), []).append(feats[j].astype(np.float64).tolist())
+            filled += 1
+        save_as_snapshot(filler, os.path.join(tmp, f"depth-{e}"))
+        client.restore(os.path.join(tmp, f"depth-{e}"))
+        client.flush()  # labels of the restored memory: the previous steps' background work
+        client.stats(reset=True)
+        if ref is not None:
+            for key in ref.vectors:
+                ref._cluster(key)
+
+        p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, 0.0)
+        step_keys = [keys[i] for i in p]
+        gap = args.stream_seconds / P
+        t_start = time.perf_counter()
+        gids, acks = [], []
+        for g in range(P):
+            rows = slice(g * R, (g + 1) * R)
+            gid, ack = client.submit(keys[g], e, feats[rows], correct[rows])
+            gids.append(gid)
+            acks.append(ack)
+            time.sleep(max(0.0, t_start + (g + 1) * gap - time.perf_counter()))
+        ray.get(acks)
+        t_last = time.perf_counter()
+        results = client.fetch(gids)
+        critical = time.perf_counter() - t_last
+        client.flush()
+        bg_done = time.perf_counter() - t_last
+        stats = client.stats(reset=True)
+        work = (stats["assign_ms_sum"] + stats["recluster_ms_sum"]) / 1e3
+        pens = np.concatenate([r[1] for r in results])
+        if ref is not None:
+            t0 = time.perf_counter()
+            _, pen_ref = ref.step(step_keys, feats, correct)
+            t_ref = time.perf_counter() - t0
+            differ = int((pens != pen_ref).sum())
+            same = "yes" if differ == 0 else f"{differ} differ"
+            print(f"{e:>5} {stats['vectors']:>9} {critical:>11.3f} {t_ref:>11.2f} {t_ref / critical:>6.0f}x "
+                  f"{work:>7.2f} {bg_done:>10.2f} {same:>10}")
+        else:
+            print(f"{e:>5} {stats['vectors']:>9} {critical:>11.3f} {'-':>11} {'-':>7} {work:>7.2f} {bg_done:>10.2f} {'-':>10}")
+        filler.assign(step_keys, feats, correct)  # the next depth continues after this step
+        filled += 1
+    print(f"\nlast step: mean assignment latency {stats['assign_latency_ms_mean']:.1f} ms (max "
+          f"{stats['assign_latency_ms_max']:.1f}), {stats['frac_penalized']:.2f} of rollouts penalized")
+    client.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
