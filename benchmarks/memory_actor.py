@@ -125,7 +125,7 @@ def main():
         filler.assign(step_keys, feats, correct)  # the next depth continues after this step
         filled += 1
     print(f"\nlast step: mean assignment latency {stats['assign_latency_ms_mean']:.1f} ms (max "
-          f"{stats['assign_latency_ms_max']:.1f}), {stats['frac_penalized']:.2f} of rollouts penalized")
+          f"{stats['assign_latency_ms_max']:.1f}), {(pens > 0).mean():.2f} of its rollouts penalized")
     client.shutdown()
     ray.shutdown()
 
