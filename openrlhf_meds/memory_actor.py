@@ -496,8 +496,9 @@ class MemoryClient:
                 out[p] = result
         return out
 
-    def flush(self):
-        ray.get([a.flush.remote() for a in self.actors])
+    def flush(self, timeout: float | None = 600.0):
+        """Wait (at most `timeout` s) until every shard's queued work is done."""
+        ray.get([a.flush.remote() for a in self.actors], timeout=timeout)
 
     def stats(self, reset: bool = True) -> dict:
         """Statistics over all shards (sums, and means weighted as over one memory)."""
