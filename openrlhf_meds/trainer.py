@@ -1,0 +1,169 @@
+"""MEDS inside OpenRLHF's trainer: shaped rewards before advantages, metrics, memory checkpoints.
+
+One step, as `openrlhf_meds.train_grpo` wires it:
+1. the rollout engines (`openrlhf_meds.rollout_actor`) submit each finished prompt group's
+   features and raw verdicts to the MemoryActor and tag its responses with the group id
+   (`info["meds_group_id"]`, `info["meds_rollout"]`);
+2. `MedsExperienceMaker.compute_advantages_and_returns` fetches the penalties of the batch's
+   groups and shapes the rewards (wrong: r - pen, correct: r / (1 + pen)) before OpenRLHF's
+   own length penalties and group-normalised advantages; the raw `scores` stay untouched
+   (dynamic filtering and logging use them);
+3. `MedsPPOTrainer` adds `meds/*` metrics to the step's logs, tells the engines the step
+   number, and saves / restores the memory with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import ray
+import torch
+from openrlhf.trainer.ppo_trainer import PPOTrainer
+from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+
+from .meds.config import MedsConfig
+from .meds.shaping import shape_rewards
+from .memory_actor import MemoryClient
+from .rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT
+
+MEMORY_DIR = "meds_memory"  # under --ckpt.path: one snapshot per saved step
+
+
+def snapshot_dir(ckpt_path: str, global_step: int) -> str:
+    return os.path.join(ckpt_path, MEMORY_DIR, f"global_step{global_step}")
+
+
+class MedsExperienceMaker(RemoteExperienceMaker):
+    """OpenRLHF's experience maker with MEDS reward shaping before the advantages."""
+
+    def __init__(self, *args, meds: MedsConfig, memory: MemoryClient, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.meds, self.memory = meds, memory
+        self.step_metrics: dict[str, float] = {}
+
+    @torch.no_grad()
+    def compute_advantages_and_returns(self, experiences):
+        self.step_metrics = self.shape_rewards(experiences)
+        return super().compute_advantages_and_returns(experiences)
+
+    def shape_rewards(self, experiences) -> dict:
+        """Replace each experience's rewards by the MEDS-shaped ones; return step metrics."""
+        t0 = time.perf_counter()
+        tags = [(e.info.pop(GROUP_ID, None), e.info.pop(ROLLOUT, None), e.info.pop(HAS_FEATURE, None)) for e in experiences]
+        if any(g is None for g, _, _ in tags):
+            raise RuntimeError(
+                "MEDS: some rollouts carry no memory group id: the rollout engines are not the "
+                "MEDS ones (openrlhf_meds.rollout_actor); start training with openrlhf_meds.train_grpo"
+            )
+        gids = [g.long().tolist() for g, _, _ in tags]
+        wanted = sorted({g for batch in gids for g in batch if g >= 0})
+        results = dict(zip(wanted, self.memory.fetch(wanted))) if wanted else {}
+        fetch_s = time.perf_counter() - t0
+
+        raw, shaped, pens, sizes, verdicts = [], [], [], [], []
+        for e, (g, r, f), batch in zip(experiences, tags, gids):
+            pen = np.zeros(len(batch))
+            size = np.zeros(len(batch))
+            for j, (gid, i) in enumerate(zip(batch, r.long().tolist())):
+                result = results.get(gid)
+                if result is not None:
+                    size[j], pen[j] = result[0][i], result[1][i]
+            correct = (e.scores >= 0.5).cpu().numpy()
+            rewards = e.rewards.float().cpu().numpy()
+            new = shape_rewards(rewards, correct, pen)
+            e.rewards = torch.as_tensor(new, dtype=torch.float32)
+            e.info["meds_penalty"] = torch.as_tensor(pen, dtype=torch.float32)
+            raw.append(rewards), shaped.append(new), pens.append(pen), sizes.append(size), verdicts.append(correct)
+        raw, shaped, pens, sizes, correct_all = map(np.concatenate, (raw, shaped, pens, sizes, verdicts))
+        has_feature = torch.cat([f.float() for _, _, f in tags])
+        lost = sum(1 for g in wanted if results[g] is None)
+        return {
+            "meds/penalty_mean": float(pens.mean()),
+            "meds/penalty_mean_penalized": float(pens[pens > 0].mean()) if (pens > 0).any() else 0.0,
+            "meds/frac_penalized": float((pens > 0).mean()),
+            "meds/frac_penalized_correct": float(((pens > 0) & correct_all).mean()),
+            "meds/cluster_size_mean": float(sizes.mean()),
+            "meds/no_feature_frac": float(1.0 - has_feature.mean()),
+            "meds/raw_reward_mean": float(raw.mean()),
+            "meds/shaped_reward_mean": float(shaped.mean()),
+            "meds/groups_not_in_memory": float(sum(1 for b in gids for g in b if g < 0) / max(len(raw), 1)),
+            "meds/lost_groups": float(lost),
+            "meds/fetch_wait_s": fetch_s,
+        }
+
+
+@ray.remote
+class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
+    """OpenRLHF's PPOTrainer with the MEDS memory: shaping, metrics, checkpoints."""
+
+    def meds_setup(self, config: dict, memory: MemoryClient):
+        """Called by train_grpo right after construction (before fit)."""
+        self.meds, self.memory = MedsConfig(**config), memory
+        self.experience_maker = MedsExperienceMaker(
+            self.actor_model_group, self.critic_model_group, self.reward_model_group,
+            self.reference_model_group, self.kl_ctl, self.strategy, self.tokenizer,
+            meds=self.meds, memory=memory,
+        )
+        algo = self.args.algo
+        filter_range = list(algo.dynamic_filtering_range) if algo.dynamic_filtering_enable else None
+        ray.get([e.meds_setup.remote(memory, filter_range) for e in self.vllm_engines or []])
+
+    def _engines_at_step(self, step: int, submit: bool = True):
+        ray.get([e.meds_set_step.remote(step, submit) for e in self.vllm_engines or []])
+
+    def init_checkpoint_states(self):
+        states = super().init_checkpoint_states()
+        step = states["global_step"]
+        if step > 0:  # resuming: the memory must be the one saved with this checkpoint
+            path = snapshot_dir(self.args.ckpt.path, step)
+            if not os.path.isdir(path):
+                raise FileNotFoundError(
+                    f"MEDS: resuming from global step {step} (--ckpt.load_enable) but its memory "
+                    f"snapshot {path} is missing; without it the penalties would silently restart "
+                    f"from an empty memory"
+                )
+            manifest = self.memory.restore(path)
+            self.strategy.print(f"MEDS: memory restored from {path} ({manifest['vectors']} vectors)")
+        self._engines_at_step(step)
+        return states
+
+    def train_step(self, rollout_samples, global_step: int):
+        status, next_step = super().train_step(rollout_samples, global_step)
+        self._engines_at_step(next_step)
+        status.update(self.experience_maker.step_metrics)
+        stats = self.memory.stats(reset=True)
+        status.update({
+            "meds/memory_vectors": stats["vectors"],
+            "meds/memory_keys": stats["keys"],
+            "meds/clusters_per_key": stats["clusters_per_key"],
+            "meds/noise_frac": stats["noise_frac"],
+            "meds/assign_latency_ms": stats["assign_latency_ms_mean"],
+            "meds/recluster_ms": stats["recluster_ms_mean"],
+            "meds/queue_depth": stats["queue_depth"],
+            "meds/rejected_nan_or_inf": stats.get("rejected_nan", 0) + stats.get("rejected_inf", 0),
+            "meds/memory_restarts": stats.get("restarts", 0),
+        })
+        return status, next_step
+
+    def evaluate(self, global_step, **generate_kwargs):
+        self._engines_at_step(global_step, submit=False)  # eval rollouts stay out of the memory
+        try:
+            return super().evaluate(global_step, **generate_kwargs)
+        finally:
+            self._engines_at_step(global_step)
+
+    def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None):
+        super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
+        if global_step % self.args.ckpt.save_steps == 0:
+            path = self.memory.snapshot(snapshot_dir(self.args.ckpt.path, global_step), step=global_step)
+            # Keep as many memory snapshots as DeepSpeed keeps checkpoints.
+            root = os.path.join(self.args.ckpt.path, MEMORY_DIR)
+            saved = sorted(
+                (d for d in os.listdir(root) if d.startswith("global_step")), key=lambda d: int(d[len("global_step"):])
+            )
+            for old in saved[: max(len(saved) - self.args.ckpt.max_num, 0)]:
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+            self.strategy.print(f"MEDS: memory saved to {path}")

@@ -1,0 +1,100 @@
+"""train_grpo's flags (split from OpenRLHF's, checked against them, dry run), the GPU recipes,
+and the contract with the OpenRLHF names it replaces."""
+
+import argparse
+import glob
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from openrlhf_meds.train_grpo import check_openrlhf_args, parse
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(glob.glob(os.path.join(REPO, "examples/scripts/*.sh")) + glob.glob(os.path.join(REPO, "examples/scripts/*.sbatch")))
+
+
+def test_meds_flags_are_split_from_openrlhf_flags():
+    ours, config, rest = parse(["--actor.model_name_or_path", "/m/Qwen2.5-Math-7B", "--meds.alpha", "0.05",
+                                "--rollout.n_samples_per_prompt", "8", "--cpu"])
+    assert ours.cpu and not ours.dry_run
+    assert config.alpha == 0.05 and config.preset == "qwen2.5-math-7b"  # preset detected from the path
+    assert rest[:4] == ["--actor.model_name_or_path", "/m/Qwen2.5-Math-7B", "--rollout.n_samples_per_prompt", "8"]
+    assert rest[4:] == ["--algo.advantage.estimator", "group_norm", "--vllm.enable_prefix_caching"]  # GRPO defaults
+    _, _, rest = parse(["--algo.advantage.estimator=rloo", "--meds.enable", "false"])
+    assert rest == ["--algo.advantage.estimator=rloo"]  # the user's choice stands; no MEDS, no re-prefill
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--meds.alpah", "0.1"], "unknown MEDS flag --meds.alpah"),
+    (["--meds.alpha", "-1"], "--meds.alpha: must be a number >= 0"),
+    (["--meds.preset", "nope"], "--meds.preset: unknown preset"),
+    (["--meds.target", "all"], "argument --meds.target: invalid choice"),
+])
+def test_bad_meds_flags_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse(argv)
+    assert message in capsys.readouterr().err
+
+
+def _flat(**values):
+    base = {"reward.remote_url": "r.py", "train.agent_func_path": None, "train.async_enable": False, "vllm.num_engines": 1}
+    base.update({k.replace("__", "."): v for k, v in values.items()})
+    return argparse.Namespace(**base)
+
+
+@pytest.mark.parametrize("flat, message", [
+    (_flat(reward__remote_url=None), "--reward.remote_url"),
+    (_flat(train__async_enable=True), "--train.async_enable"),
+    (_flat(vllm__num_engines=0), "--vllm.num_engines"),
+])
+def test_conflicting_openrlhf_flags_name_the_flag(flat, message):
+    _, config, _ = parse([])
+    with pytest.raises(SystemExit, match=message.replace(".", r"\.")):
+        check_openrlhf_args(flat, config)
+    _, off, _ = parse(["--meds.enable", "false"])
+    check_openrlhf_args(flat, off)  # the baseline has no such needs
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_recipes_parse(path):
+    subprocess.run(["bash", "-n", path], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, expect", [
+    ("train_meds_qwen2.5_math_7b.sh", {"actor.eps_clip_low_high": [0.2, 0.28], "algo.dynamic_filtering_enable": True,
+                                       "reward.overlong_buffer_len": 512.0, "meds.enable": True, "meds.memory_shards": 4}),
+    ("train_grpo_qwen2.5_math_7b.sh", {"actor.eps_clip_low_high": None, "algo.dynamic_filtering_enable": False,
+                                       "reward.overlong_buffer_len": None, "meds.enable": False}),
+])
+def test_recipe_dry_run_prints_the_paper_setting(recipe, expect, tmp_path):
+    env = dict(os.environ, DRY_RUN="1", EXTRA_ARGS="--cpu", PYTHON=sys.executable, SAVE=str(tmp_path))
+    out = subprocess.run(["bash", os.path.join(REPO, "examples/scripts", recipe)], env=env, check=True,
+                         capture_output=True, text=True, timeout=300).stdout
+    resolved = json.loads(out[out.index("{"):])
+    values = {**resolved["openrlhf"], **{f"meds.{k}": v for k, v in resolved["meds"].items()}}
+    common = {"rollout.batch_size": 512, "rollout.n_samples_per_prompt": 16, "rollout.max_new_tokens": 3072,
+              "actor.adam.lr": 1e-6, "algo.advantage.estimator": "group_norm", "ds.zero_stage": 3, "algo.kl.init_coef": 0.0}
+    for key, value in {**common, **expect}.items():
+        assert values[key] == value, key
+
+
+def test_openrlhf_names_train_grpo_replaces():
+    """Contract (patches/README.md): train_ppo_ray looks these names up at run time, so
+    replacing the module attributes before it runs reaches it."""
+    from openrlhf_meds.cpu import patches
+
+    patches.install()
+    import openrlhf.cli.train_ppo_ray as script
+    from openrlhf.trainer.ray import vllm_engine
+
+    train = inspect.getsource(script.train)
+    assert "from openrlhf.trainer.ppo_trainer import PPOTrainer" in train
+    assert "ppo_trainer = PPOTrainer.remote(" in train
+    assert "hierarchize(args)" in inspect.getsource(script)
+    assert "RolloutRayActor.options(" in inspect.getsource(vllm_engine.create_vllm_engines)
+    assert inspect.iscoroutinefunction(vllm_engine.RolloutRayActor.__ray_metadata__.modified_class.__init__)

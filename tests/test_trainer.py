@@ -1,0 +1,162 @@
+"""MedsExperienceMaker on OpenRLHF's real RemoteExperienceMaker and args: the penalties
+fetched from a real MemoryActor change the rewards, and the advantages follow the shaped
+rewards; plus the contract with the OpenRLHF internals the trainer subclasses."""
+
+import inspect
+import runpy
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from openrlhf_meds.cpu import patches
+
+patches.install()  # CPU machine: flash-attn fallback module, torch.cuda no-ops (see cpu/patches.py)
+
+from openrlhf.trainer.ppo_trainer import BasePPOTrainer, PPOTrainer  # noqa: E402
+from openrlhf.trainer.ppo_utils.experience import Experience  # noqa: E402
+from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker  # noqa: E402
+from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController  # noqa: E402
+
+from openrlhf_meds.cpu.launch import _replaced  # noqa: E402
+from openrlhf_meds.meds import MedsConfig, group_advantages, shape_rewards  # noqa: E402
+from openrlhf_meds.memory_actor import MemoryClient  # noqa: E402
+from openrlhf_meds.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT  # noqa: E402
+from openrlhf_meds.trainer import MedsExperienceMaker  # noqa: E402
+
+N = 4  # rollouts per prompt
+
+
+class _Parsed(Exception):
+    pass
+
+
+def openrlhf_args(argv):
+    """OpenRLHF's own args namespace for `argv`, as train_ppo_ray builds it (its parser and
+    hierarchize; stops before anything starts)."""
+    from openrlhf.utils import config
+
+    hierarchize = config.hierarchize
+
+    def capture(flat):
+        raise _Parsed(hierarchize(flat))
+
+    saved = sys.argv
+    try:
+        with _replaced({"openrlhf.utils.config.hierarchize": capture}):
+            sys.argv = ["train_ppo_ray", *argv]
+            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=False)
+    except _Parsed as parsed:
+        return parsed.args[0]
+    finally:
+        sys.argv = saved
+    raise AssertionError("train_ppo_ray did not parse its arguments")
+
+
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory):
+    ray.init(num_cpus=2, num_gpus=0, object_store_memory=80 * 1024**2, include_dashboard=False, log_to_driver=False)
+    client = MemoryClient.start(MedsConfig(memory_dir=str(tmp_path_factory.mktemp("meds"))), num_cpus=0)
+    yield client
+    client.shutdown()
+    ray.shutdown()
+
+
+def experience(rewards, scores, gids, rollouts, has_feature, index):
+    n, t = len(rewards), 6
+    return Experience(
+        sequences=torch.ones(n, t, dtype=torch.long),
+        attention_mask=torch.ones(n, t, dtype=torch.long),
+        action_mask=torch.ones(n, t - 1, dtype=torch.bool),
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        scores=torch.tensor(scores, dtype=torch.float32),
+        kl=torch.zeros(n, t - 1),
+        index=index,
+        info={GROUP_ID: torch.tensor(gids), ROLLOUT: torch.tensor(rollouts), HAS_FEATURE: torch.tensor(has_feature)},
+    )
+
+
+@pytest.mark.slow
+def test_shaped_rewards_drive_group_advantages(memory):
+    args = openrlhf_args(["--actor.model_name_or_path", "x", "--reward.remote_url", "r.py",
+                          "--algo.advantage.estimator", "group_norm", "--rollout.n_samples_per_prompt", str(N)])
+    maker = MedsExperienceMaker(None, None, None, None, FixedKLController(0.0), SimpleNamespace(args=args), None,
+                                meds=MedsConfig(), memory=memory)
+    rng = np.random.default_rng(0)
+    mode = rng.normal(size=6)
+    wrong = np.zeros(N, bool)
+    # Step 0: four wrong rollouts of one error mode enter the memory (first visit: free).
+    gid0, ack = memory.submit("p", 0, mode + rng.normal(size=(N, 6)) * 0.01, wrong)
+    ray.get(ack)
+    assert (memory.fetch([gid0])[0][1] == 0).all()
+    # Step 1: the same mistake 3 times (penalized) and one right answer (feature elsewhere);
+    # a second prompt whose group never went to the memory (gid -1, e.g. filtered).
+    feats = np.vstack([mode + rng.normal(size=(3, 6)) * 0.01, -mode])
+    correct = np.array([False, False, False, True])
+    gid1, ack = memory.submit("p", 1, feats, correct)
+    ray.get(ack)
+    rewards = correct.astype(np.float32)
+    # Two micro-batches, rollouts out of order (OpenRLHF's `index` restores the groups).
+    exps = [
+        experience(rewards[[0, 3]], correct[[0, 3]], [gid1, gid1], [0, 3], [1, 1], [0, 3]),
+        experience(np.r_[rewards[[1, 2]], [1, 0, 0, 1]], np.r_[correct[[1, 2]], [1, 0, 0, 1]],
+                   [gid1, gid1, -1, -1, -1, -1], [1, 2, 0, 1, 2, 3], [1, 1, 0, 0, 0, 0], [1, 2, 4, 5, 6, 7]),
+    ]
+    out = maker.compute_advantages_and_returns(exps)
+
+    pen = np.r_[np.full(3, 0.1 * np.log(N + 1)), 0.0]  # |C| = the 4 stored errors; below beta
+    shaped = np.r_[shape_rewards(rewards, correct, pen), [1, 0, 0, 1]]
+    got = np.r_[out[0].rewards.numpy()[[0]], out[1].rewards.numpy()[:2], out[0].rewards.numpy()[[1]], out[1].rewards.numpy()[2:]]
+    np.testing.assert_allclose(got, shaped, rtol=1e-6)
+    assert got[0] < 0 and got[3] == 1.0  # wrong: 0 - pen; correct: 1 / (1 + 0)
+    adv = group_advantages(shaped, N, eps=1e-9)
+    got_adv = np.r_[out[0].advantages[0, 0], out[1].advantages[0, 0], out[1].advantages[1, 0], out[0].advantages[1, 0],
+                    out[1].advantages[2:, 0]]
+    np.testing.assert_allclose(got_adv, adv, rtol=1e-5, atol=1e-6)
+    assert all(GROUP_ID not in e.info and ROLLOUT not in e.info for e in out)  # not logged as metrics
+    m = maker.step_metrics
+    assert m["meds/frac_penalized"] == pytest.approx(3 / 8)
+    assert m["meds/frac_penalized_correct"] == 0.0  # target=wrong
+    assert m["meds/penalty_mean"] == pytest.approx(pen.sum() / 8)
+    assert m["meds/no_feature_frac"] == pytest.approx(4 / 8)
+    assert m["meds/raw_reward_mean"] == pytest.approx(3 / 8)
+    assert m["meds/shaped_reward_mean"] == pytest.approx(shaped.mean())
+
+
+def test_rollouts_without_group_tags_are_refused(memory):
+    maker = MedsExperienceMaker(None, None, None, None, FixedKLController(0.0),
+                                SimpleNamespace(args=SimpleNamespace(algo=SimpleNamespace(advantage=SimpleNamespace(estimator="group_norm")))),
+                                None, meds=MedsConfig(), memory=memory)
+    e = experience([1.0], [1.0], [0], [0], [1], [0])
+    del e.info[GROUP_ID]
+    with pytest.raises(RuntimeError, match="carry no memory group id"):
+        maker.shape_rewards([e])
+
+
+def test_openrlhf_internals_the_trainer_relies_on():
+    """Contract with openrlhf 0.11.2 (patches/README.md): fails loudly if upstream changes."""
+    base = PPOTrainer.__ray_metadata__.modified_class
+    assert issubclass(base, BasePPOTrainer)
+    for name, params in {
+        "train_step": ["rollout_samples", "global_step"],
+        "init_checkpoint_states": [],
+        "save_logs_and_checkpoints": ["global_step", "logs_dict", "client_states"],
+        "evaluate": ["global_step"],
+    }.items():
+        got = list(inspect.signature(getattr(base, name)).parameters)[1:]
+        assert got[: len(params)] == params, (name, got)
+    src = inspect.getsource(BasePPOTrainer.__init__)
+    assert "self.experience_maker = RemoteExperienceMaker(" in src
+    for attr in ("actor_model_group", "critic_model_group", "reward_model_group", "reference_model_group", "kl_ctl", "tokenizer", "vllm_engines"):
+        assert f"self.{attr} =" in src, attr
+    assert list(inspect.signature(RemoteExperienceMaker.__init__).parameters)[1:8] == [
+        "actor_model_group", "critic_model_group", "reward_model_group", "initial_model_group", "kl_controller", "strategy", "tokenizer"]
+    src = inspect.getsource(RemoteExperienceMaker.make_experience_batch)
+    assert "self.compute_advantages_and_returns(experiences)" in src
+    src = inspect.getsource(RemoteExperienceMaker.compute_advantages_and_returns)
+    assert "apply_length_penalties(experiences, args)" in src and "experience.rewards" in src
+    # The trainer's checkpoint states carry the global step the memory snapshot is named by.
+    assert '"global_step"' in inspect.getsource(BasePPOTrainer.init_checkpoint_states)
