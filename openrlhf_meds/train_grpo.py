@@ -76,8 +76,9 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
                          "each step's groups before the next step's); drop it or pass --meds.enable false")
     if config.feature_source == "vllm" and not get("vllm.num_engines"):
         raise SystemExit("error: --meds.feature_source vllm needs vLLM engines (--vllm.num_engines >= 1)")
-    if config.feature_source == "actor":
-        raise SystemExit("error: --meds.feature_source actor is not available in train_grpo yet; use vllm")
+    if config.feature_source == "actor" and config.filtered_into_memory:
+        raise SystemExit("error: --meds.filtered_into_memory needs --meds.feature_source vllm (with the actor "
+                         "source, features exist only for the groups that dynamic filtering kept)")
 
 
 def install(config: MedsConfig, dry_run: bool = False) -> dict:
@@ -110,10 +111,13 @@ def install(config: MedsConfig, dry_run: bool = False) -> dict:
         ray.get(trainer.meds_setup.remote(config.to_dict(), memory))
         return trainer
 
-    replace.update({
-        "openrlhf.trainer.ray.vllm_engine.RolloutRayActor": MedsEngines(config),
-        "openrlhf.trainer.ppo_trainer.PPOTrainer": SimpleNamespace(remote=start_trainer),
-    })
+    replace["openrlhf.trainer.ppo_trainer.PPOTrainer"] = SimpleNamespace(remote=start_trainer)
+    if config.feature_source == "vllm":  # engines that compute features and feed the memory
+        replace["openrlhf.trainer.ray.vllm_engine.RolloutRayActor"] = MedsEngines(config)
+    else:  # features read in the policy's log-prob forward; plain OpenRLHF engines
+        from .actor_features import MedsPolicyModelActor
+
+        replace["openrlhf.trainer.ray.ppo_actor.PolicyModelActor"] = MedsPolicyModelActor
     return replace
 
 

@@ -27,7 +27,7 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from .meds.config import MedsConfig
 from .meds.shaping import shape_rewards
 from .memory_actor import MemoryClient
-from .rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT
+from .rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT, prompt_key
 
 MEMORY_DIR = "meds_memory"  # under --ckpt.path: one snapshot per saved step
 
@@ -42,7 +42,41 @@ class MedsExperienceMaker(RemoteExperienceMaker):
     def __init__(self, *args, meds: MedsConfig, memory: MemoryClient, **kwargs):
         super().__init__(*args, **kwargs)
         self.meds, self.memory = meds, memory
+        self.step = 0  # the training step of the batch being made (set by the trainer)
         self.step_metrics: dict[str, float] = {}
+
+    @torch.no_grad()
+    def make_experience(self, samples_list):
+        samples_list = super().make_experience(samples_list)
+        if self.meds.feature_source == "actor":
+            self.submit_actor_features(samples_list)
+        return samples_list
+
+    def submit_actor_features(self, samples_list):
+        """--meds.feature_source actor: the features were read in the log-prob forward that
+        just ran; submit each prompt group to the memory and tag its samples, as the
+        engines do with --meds.feature_source vllm."""
+        from .actor_features import actor_features
+
+        feats = actor_features(self.actor_model_group, samples_list, self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size)
+        n = self.args.rollout.n_samples_per_prompt
+        groups: dict[int, list[tuple[int, int]]] = {}  # OpenRLHF's group identity: index // n
+        for k, samples in enumerate(samples_list):
+            for j, index in enumerate(samples.index):
+                groups.setdefault(index // n, []).append((k, j))
+        acks, gids = [], {}
+        for g, members in groups.items():
+            members.sort(key=lambda kj: samples_list[kj[0]].index[kj[1]])
+            k0, j0 = members[0]
+            group_feats = np.stack([feats[k][j] for k, j in members])
+            correct = np.array([bool(samples_list[k].scores[j] >= 0.5) for k, j in members])
+            gids[g], ack = self.memory.submit(prompt_key(samples_list[k0].prompts[j0]), self.step, group_feats, correct)
+            acks.append(ack)
+        ray.get(acks)
+        for k, samples in enumerate(samples_list):
+            samples.info[GROUP_ID] = torch.tensor([gids[i // n] for i in samples.index])
+            samples.info[ROLLOUT] = torch.tensor([i % n for i in samples.index])
+            samples.info[HAS_FEATURE] = torch.tensor((~np.isnan(feats[k]).all(axis=1)).astype(np.int64))
 
     @torch.no_grad()
     def compute_advantages_and_returns(self, experiences):
@@ -107,12 +141,17 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
             self.reference_model_group, self.kl_ctl, self.strategy, self.tokenizer,
             meds=self.meds, memory=memory,
         )
-        algo = self.args.algo
-        filter_range = list(algo.dynamic_filtering_range) if algo.dynamic_filtering_enable else None
-        ray.get([e.meds_setup.remote(memory, filter_range) for e in self.vllm_engines or []])
+        if self.meds.feature_source == "actor":
+            ray.get(self.actor_model_group.async_run_method(method_name="meds_setup", config=config))
+        else:
+            algo = self.args.algo
+            filter_range = list(algo.dynamic_filtering_range) if algo.dynamic_filtering_enable else None
+            ray.get([e.meds_setup.remote(memory, filter_range) for e in self.vllm_engines or []])
 
     def _engines_at_step(self, step: int, submit: bool = True):
-        ray.get([e.meds_set_step.remote(step, submit) for e in self.vllm_engines or []])
+        self.experience_maker.step = step
+        if self.meds.feature_source == "vllm":
+            ray.get([e.meds_set_step.remote(step, submit) for e in self.vllm_engines or []])
 
     def init_checkpoint_states(self):
         states = super().init_checkpoint_states()

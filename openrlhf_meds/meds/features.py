@@ -36,7 +36,9 @@ def feature_width(config: MedsConfig, num_layers: int) -> int:
     return n
 
 
-def _decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module, nn.Module]:
+def decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module, nn.Module]:
+    """(inner model, decoder layers, final norm, lm_head) of a Hugging Face causal LM;
+    TypeError for other layouts."""
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     norm = getattr(inner, "norm", None)
@@ -97,10 +99,8 @@ def layer_logit_features(
     The dot products are float32 whatever the model's dtype. The model is run as it is
     (call `.eval()` first if it has dropout).
     """
-    inner, layers, norm, lm_head = _decoder_parts(model)
-    num_layers = len(layers)
-    n = feature_width(config, num_layers)
-    first = num_layers - n - int(config.layer_diff)  # l_{first+1} .. l_L are needed
+    inner, layers, _, lm_head = decoder_parts(model)
+    n = feature_width(config, len(layers))
 
     device = lm_head.weight.device
     input_ids = input_ids.to(device)
@@ -127,14 +127,45 @@ def layer_logit_features(
     # Positions count real tokens only, so left and right padding give the same rows.
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
-    # h_k for k < L is the raw output of layer k; h_L is the final norm's output. Running the
-    # inner model ends the forward at that norm: lm_head is never applied to the sequence.
+    # Running the inner model ends the forward at the final norm: lm_head is never applied
+    # to the sequence.
+    with capture_feature_rows(model, rows, positions, config) as captured:
+        inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    return logits_from_rows(model, captured, targets, config)
+
+
+@contextlib.contextmanager
+def capture_feature_rows(
+    model: nn.Module, rows: torch.Tensor, positions: torch.Tensor, config: MedsConfig
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Hooks on the modules a feature reads, for forwards run while the context is active.
+
+    `captured[k]` receives h_k at (`rows[i]`, `positions[i]`) of the hidden states
+    ([batch, T, hidden]) as a [batch, hidden] copy: the raw output of decoder layer k for
+    the layers the window needs, and for k = L the final norm's output. Feed it to
+    `logits_from_rows`. Raises ValueError if the window (`--meds.layers`) does not fit.
+    """
+    _, layers, norm, _ = decoder_parts(model)
+    num_layers = len(layers)
+    n = feature_width(config, num_layers)
+    first = num_layers - n - int(config.layer_diff)  # l_{first+1} .. l_L are needed
     modules = {k: layers[k - 1] for k in range(first + 1, num_layers)}
     modules[num_layers] = norm
     with _capture_rows(modules, rows, positions) as captured:
-        inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    hidden = [norm(captured[k]) if config.logit_lens else captured[k] for k in range(first + 1, num_layers)]
-    hidden = torch.stack([*hidden, captured[num_layers]], dim=1).float()  # [batch, n(+1), H]
+        yield captured
+
+
+def logits_from_rows(
+    model: nn.Module, captured: dict[int, torch.Tensor], targets: torch.Tensor, config: MedsConfig
+) -> torch.Tensor:
+    """The features [batch, feature_width] (float32) from the rows `capture_feature_rows`
+    kept and the target tokens y* (long, on the model's device): `W_lm[y*] . h_k (+ bias)`,
+    see `layer_logit_features`. Under DeepSpeed ZeRO-3, call it with the lm_head's (and for
+    `config.logit_lens` the final norm's) parameters gathered."""
+    _, _, norm, lm_head = decoder_parts(model)
+    ks = sorted(captured)
+    hidden = [norm(captured[k]) if config.logit_lens else captured[k] for k in ks[:-1]]
+    hidden = torch.stack([*hidden, captured[ks[-1]]], dim=1).float()  # [batch, n(+1), H]
 
     weight = lm_head.weight[targets].float()  # [batch, H]: only the rows of y*
     logits = torch.einsum("bkh,bh->bk", hidden, weight)
@@ -159,7 +190,7 @@ def response_features(
     """
     if len(prompt_ids_list) != len(response_ids_list):
         raise ValueError("prompt_ids_list and response_ids_list must have the same length")
-    _, layers, _, _ = _decoder_parts(model)
+    _, layers, _, _ = decoder_parts(model)
     out = np.full((len(response_ids_list), feature_width(config, len(layers))), np.nan, dtype=np.float32)
 
     jobs = []  # (rollout index, prompt + response up to the brace, y*)
