@@ -11,7 +11,11 @@ setup(
     description="MEDS reward shaping for OpenRLHF GRPO/DAPO training",
     python_requires=">=3.10",
     packages=find_packages(include=["openrlhf_meds", "openrlhf_meds.*"]),
-    package_data={"openrlhf_meds.meds": ["presets/*.yaml"]},
+    package_data={
+        "openrlhf_meds.meds": ["presets/*.yaml"],
+        # CPU mode: the start-up hook and the flash-attn fallback are folders put on sys.path.
+        "openrlhf_meds.cpu": ["startup/*.py", "fallback/flash_attn/*.py", "fallback/flash_attn/*/*.py"],
+    },
     install_requires=CORE,
     # vLLM loads this in every process it starts: registers the MEDS model subclasses
     # (lazily: nothing is imported unless an engine asks for them), see docs/vllm-features.md.

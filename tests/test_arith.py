@@ -1,0 +1,86 @@
+"""The arithmetic demo task: deterministic data, the verifier, and the reward file as OpenRLHF
+0.11.2 loads and calls it."""
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+from openrlhf_meds import arith
+
+
+def test_dataset_is_a_function_of_the_seed():
+    assert arith.make_dataset(3, 50) == arith.make_dataset(3, 50)
+    assert arith.make_dataset(3, 50) != arith.make_dataset(4, 50)
+
+
+def test_rows_are_correct_sums_in_the_prompt_format():
+    for row in arith.make_dataset(0, 200, max_operand=99):
+        a, b = map(int, row["prompt"].split("What is ")[1].split("?")[0].split(" + "))
+        assert 0 <= a <= 99 and 0 <= b <= 99
+        assert row["label"] == str(a + b)
+        assert row["solution"] == f"{a} + {b} = \\boxed{{{a + b}}}"
+        assert row["prompt"].startswith("<|im_start|>user\n") and row["prompt"].endswith("<|im_start|>assistant\n")
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="max_operand"):
+        arith.make_dataset(0, 10, max_operand=0)
+
+
+def test_write_task_files(tmp_path):
+    paths = arith.write_task(str(tmp_path), seed=1, n_sft=5, n_rl=7, max_operand=9)
+    sft = [json.loads(line) for line in open(paths["sft"])]
+    rl = [json.loads(line) for line in open(paths["prompts"])]
+    assert len(sft) == 5 and len(rl) == 7
+    assert all(row["response"].endswith("}" + arith.EOS) for row in sft)
+    assert set(rl[0]) == {"prompt", "label"}
+    assert paths["reward"] == arith.REWARD_FILE
+    # RL prompts come from another seed stream than the SFT data
+    assert [r["prompt"] for r in rl[:5]] != [r["prompt"] for r in sft]
+
+
+@pytest.mark.parametrize(
+    "response,label,expected",
+    [
+        ("3 + 4 = \\boxed{7}<|endoftext|>", "7", 1.0),
+        ("3 + 4 = \\boxed{ 7 }", "7", 1.0),
+        ("3 + 4 = \\boxed{8}", "7", 0.0),
+        ("\\boxed{6} no, \\boxed{7}", "7", 1.0),  # the last box counts
+        ("3 + 4 = 7", "7", 0.0),  # no box
+        ("\\boxed{7", "7", 0.0),  # unclosed
+        ("\\boxed{\\frac{14}{2}}", "7", 0.0),  # not an integer
+    ],
+)
+def test_score(response, label, expected):
+    assert arith.score(response, label) == expected
+
+
+def test_last_boxed_handles_nested_braces():
+    assert arith.last_boxed("x \\boxed{a{b}c} y") == "a{b}c"
+
+
+def test_reward_ignores_the_boxed_in_the_prompt():
+    prompt = arith.format_prompt("What is 2 + 2?")
+    assert "\\boxed{}" in prompt
+    out = arith.reward_func([prompt + "2 + 2 = 4"], [prompt], ["4"])
+    assert out["scores"].item() == 0.0 and out["extra_logs"]["boxed"].item() == 0.0
+
+
+@pytest.mark.slow  # imports openrlhf (and DeepSpeed): ~10-30 s
+def test_reward_file_through_openrlhf_executor():
+    """Loaded and called exactly as OpenRLHF 0.11.2's SingleTurnAgentExecutor does, then wrapped
+    as its samples generator does (torch.tensor([value]))."""
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    executor = SingleTurnAgentExecutor(remote_rm_url=[arith.REWARD_FILE])
+    prompt = arith.format_prompt("What is 12 + 30?")
+    queries = [prompt + "12 + 30 = \\boxed{42}<|endoftext|>", prompt + "12 + 30 = \\boxed{41}", prompt + "42"]
+    results = asyncio.run(executor._fetch_rewards_via_func(queries, [prompt] * 3, ["42"] * 3))
+    scores = [torch.tensor([r["scores"]]) for r in results]
+    rewards = [torch.tensor([r["rewards"]]) for r in results]
+    assert [s.shape for s in scores] == [torch.Size([1])] * 3
+    assert torch.cat(scores).tolist() == [1.0, 0.0, 0.0]
+    assert torch.cat(rewards).tolist() == [1.0, 0.0, 0.0]
+    assert [r["extra_logs"]["boxed"].item() for r in results] == [1.0, 1.0, 0.0]
