@@ -4,6 +4,7 @@ synchronous ErrorMemory under shuffled concurrent submissions, sharding, snapsho
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -256,6 +257,12 @@ def test_unreplayable_crash_is_counted_and_training_goes_on(tmp_path):
         client.flush()
         shutil.rmtree(tmp_path / "shard-00000")  # as if restarted on a node without the log
         ray.kill(client.actors[0], no_restart=False)
+        # ray.kill returns at once: wait (at most 60 s) until Ray has restarted the shard, so
+        # the fetch below is answered by the new process and not by the dying one.
+        deadline = time.time() + 60
+        while ray.get(client.actors[0].stats.remote(reset=False)).get("restarts", 0) < 1:
+            assert time.time() < deadline, "the killed shard was not restarted within 60 s"
+            time.sleep(0.2)
         assert client.fetch([gid]) == [None]  # zero penalties for the caller, not a hang
         gid2, ack = client.submit("p", 1, f, ok)
         ray.get(ack)
