@@ -18,7 +18,6 @@ MemoryActor one by one over `--stream-seconds`, as vLLM engines would finish the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -27,7 +26,7 @@ import time
 import numpy as np
 import ray
 
-from memory_step import rollouts  # benchmarks/ is the script's directory
+from memory_step import rollouts, scale_parser  # benchmarks/ is the script's directory
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
 from openrlhf_meds.meds.reference import ReferenceMemory
@@ -44,16 +43,11 @@ def save_as_snapshot(memory: ErrorMemory, directory: str):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prompts", type=int, default=512)
-    ap.add_argument("--rollouts", type=int, default=16)
-    ap.add_argument("--dim", type=int, default=14)
-    ap.add_argument("--epochs", default="1,10,50,100", help="memory depths to time, comma-separated")
+    ap = scale_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--stream-seconds", type=float, default=10.0,
                     help="spread the step's submits over this long (generation; minutes on GPUs)")
     ap.add_argument("--no-reference", action="store_true", help="time the MemoryActor only")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)

@@ -48,13 +48,19 @@ def held_bytes(memory: ErrorMemory) -> int:
     return total
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def scale_parser(description: str) -> argparse.ArgumentParser:
+    """The step's scale and memory depths (shared with memory_actor.py)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--prompts", type=int, default=512)
     ap.add_argument("--rollouts", type=int, default=16)
     ap.add_argument("--dim", type=int, default=14)
     ap.add_argument("--epochs", default="1,10,50,100", help="memory depths to time, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def main():
+    ap = scale_parser(__doc__.split("\n\n")[0])
     ap.add_argument(
         "--reference-tree",
         choices=["exact", "approx"],
