@@ -102,7 +102,8 @@ def main(argv=None):
         task = json.load(open(done))
         print(f"  cached: {task['sft_model']}")
     else:
-        task = sft_tiny_model(work, n_sft=args.sft_examples)
+        print("  OpenRLHF's SFT trainer runs now (a few minutes); its output and progress bar follow", flush=True)
+        task = sft_tiny_model(work, n_sft=args.sft_examples, quiet=False)
         json.dump({k: v for k, v in task.items() if k != "timings"}, open(done, "w"))
         print(f"  SFT done in {task['timings']['sft']:.0f} s -> {task['sft_model']}")
 
