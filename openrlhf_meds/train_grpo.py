@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import runpy
 import sys
 from types import SimpleNamespace
 
-from .cpu.launch import PPO_CPU_FLAGS, _replaced, cpu_mode, run_ppo
+from .cpu.launch import PPO_CPU_FLAGS, cpu_mode, run_ppo, run_train_ppo_ray
 from .cpu.patches import check_versions
 from .meds.config import MedsConfig, add_meds_args, config_from_args
 
@@ -130,14 +129,8 @@ def main(argv: list[str] | None = None):
             with cpu_mode():  # the patches must be in before `install` imports OpenRLHF
                 replace = install(config)
             return run_ppo(rest, replace=replace)
-    saved = sys.argv
     with cpu_mode() if ours.cpu else contextlib.nullcontext():
-        try:
-            with _replaced(install(config, dry_run=ours.dry_run)):
-                sys.argv = ["train_ppo_ray", *rest]
-                runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=False)
-        finally:
-            sys.argv = saved
+        run_train_ppo_ray(rest, install(config, dry_run=ours.dry_run))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@ fetched from a real MemoryActor change the rewards, and the advantages follow th
 rewards; plus the contract with the OpenRLHF internals the trainer subclasses."""
 
 import inspect
-import runpy
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +19,7 @@ from openrlhf.trainer.ppo_utils.experience import Experience  # noqa: E402
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker  # noqa: E402
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController  # noqa: E402
 
-from openrlhf_meds.cpu.launch import _replaced  # noqa: E402
+from openrlhf_meds.cpu.launch import run_train_ppo_ray  # noqa: E402
 from openrlhf_meds.meds import MedsConfig, group_advantages, shape_rewards  # noqa: E402
 from openrlhf_meds.memory_actor import MemoryClient  # noqa: E402
 from openrlhf_meds.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT  # noqa: E402
@@ -44,15 +42,10 @@ def openrlhf_args(argv):
     def capture(flat):
         raise _Parsed(hierarchize(flat))
 
-    saved = sys.argv
     try:
-        with _replaced({"openrlhf.utils.config.hierarchize": capture}):
-            sys.argv = ["train_ppo_ray", *argv]
-            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=False)
+        run_train_ppo_ray(argv, {"openrlhf.utils.config.hierarchize": capture})
     except _Parsed as parsed:
         return parsed.args[0]
-    finally:
-        sys.argv = saved
     raise AssertionError("train_ppo_ray did not parse its arguments")
 
 

@@ -129,14 +129,24 @@ def run_ppo(
             object_store_memory=object_store_memory,
             include_dashboard=False,
         )
-        saved_argv = sys.argv
         try:
-            with _replaced(replace or {}):
-                sys.argv = ["train_ppo_ray", *argv]
-                runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=False)
+            run_train_ppo_ray(argv, replace)
         finally:
-            sys.argv = saved_argv
             ray.shutdown()
+
+
+def run_train_ppo_ray(argv: list[str], replace: dict[str, object] | None = None) -> None:
+    """Run OpenRLHF's `train_ppo_ray` script as `__main__` with `argv` as its flags, after
+    replacing the module attributes in `replace` (see `_replaced`); sys.argv and the
+    attributes are restored afterwards. Starts Ray only if the script does (`run_ppo` starts
+    it first)."""
+    saved_argv = sys.argv
+    try:
+        with _replaced(replace or {}):
+            sys.argv = ["train_ppo_ray", *argv]
+            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=False)
+    finally:
+        sys.argv = saved_argv
 
 
 def run_sft(argv: list[str], *, threads: int = 1, timeout: float | None = None, **run_kwargs):
