@@ -207,10 +207,10 @@ class MemoryActor:
         """Save this shard's memory to `path` (atomic) and make it the recovery base."""
         return await self._run_job(self._snapshot_job, path)
 
-    async def restore(self, paths: Sequence[str], old_shards: int):
+    async def restore(self, paths: Sequence[str]):
         """Replace the memory with the keys of this shard found in `paths` (the snapshot
-        files of `old_shards` shards; any shard count)."""
-        return await self._run_job(self._restore_job, list(paths), old_shards)
+        files of all shards of a snapshot, in shard order; any shard count)."""
+        return await self._run_job(self._restore_job, list(paths))
 
     # ------------------------------------------------------------------ worker thread
 
@@ -343,7 +343,7 @@ class MemoryActor:
         os.replace(tmp, path)
         return {"path": path, "vectors": int(sum(len(m.vectors) for m in self.memory.keys.values()))}
 
-    def _restore_job(self, seq: int, paths: list[str], old_shards: int):
+    def _restore_job(self, seq: int, paths: list[str]):
         memory = ErrorMemory(self.config)
         for i, path in enumerate(paths):
             memory.absorb(
@@ -551,7 +551,7 @@ class MemoryClient:
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
             raise FileNotFoundError(f"MEDS memory snapshot {directory} is incomplete: missing {missing}")
-        ray.get([a.restore.remote(files, manifest["num_shards"]) for a in self.actors])
+        ray.get([a.restore.remote(files) for a in self.actors])
         return manifest
 
     def shutdown(self):
