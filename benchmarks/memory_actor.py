@@ -26,7 +26,7 @@ import time
 import numpy as np
 import ray
 
-from memory_step import rollouts, scale_parser  # benchmarks/ is the script's directory
+from memory_step import depth_steps, scale_parser  # benchmarks/ is the script's directory
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
 from openrlhf_meds.meds.reference import ReferenceMemory
@@ -50,12 +50,7 @@ def main():
     ap.add_argument("--no-reference", action="store_true", help="time the MemoryActor only")
     args = ap.parse_args()
 
-    rng = np.random.default_rng(args.seed)
     P, R, d = args.prompts, args.rollouts, args.dim
-    modes = rng.normal(size=(P, 8, d)) * 2.0
-    accuracy = rng.uniform(0, 1, P)
-    keys = [f"prompt-{i}" for i in range(P)]
-    depths = sorted(int(e) for e in args.epochs.split(","))
 
     ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False)
     tmp = tempfile.mkdtemp(prefix="meds_bench_")
@@ -67,33 +62,19 @@ def main():
               f"{'work s':>7} {'bg done s':>10} {'identical':>10}")
     print(header)
     print("-" * len(header))
-    filler = ErrorMemory(MedsConfig(target="none"))  # appends without computing sizes
     ref = None if args.no_reference else ReferenceMemory(approx_min_span_tree=False)
-    filled = 0
-    for e in depths:
-        while filled < e:  # fill both memories to depth e (untimed)
-            p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, 0.0)
-            filler.assign([keys[i] for i in p], feats, correct)
-            if ref is not None:
-                for j in range(len(p)):
-                    ref.vectors.setdefault((keys[p[j]], bool(correct[j])), []).append(feats[j].astype(np.float64).tolist())
-            filled += 1
+    for e, filler, step_keys, feats, correct in depth_steps(args, ref):
         save_as_snapshot(filler, os.path.join(tmp, f"depth-{e}"))
         client.restore(os.path.join(tmp, f"depth-{e}"))
         client.flush()  # labels of the restored memory: the previous steps' background work
         client.stats(reset=True)
-        if ref is not None:
-            for key in ref.vectors:
-                ref._cluster(key)
 
-        p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, 0.0)
-        step_keys = [keys[i] for i in p]
         gap = args.stream_seconds / P
         t_start = time.perf_counter()
         gids, acks = [], []
         for g in range(P):
             rows = slice(g * R, (g + 1) * R)
-            gid, ack = client.submit(keys[g], e, feats[rows], correct[rows])
+            gid, ack = client.submit(step_keys[g * R], e, feats[rows], correct[rows])
             gids.append(gid)
             acks.append(ack)
             time.sleep(max(0.0, t_start + (g + 1) * gap - time.perf_counter()))
@@ -116,8 +97,6 @@ def main():
                   f"{work:>7.2f} {bg_done:>10.2f} {same:>10}")
         else:
             print(f"{e:>5} {stats['vectors']:>9} {critical:>11.3f} {'-':>11} {'-':>7} {work:>7.2f} {bg_done:>10.2f} {'-':>10}")
-        filler.assign(step_keys, feats, correct)  # the next depth continues after this step
-        filled += 1
     print(f"\nlast step: mean assignment latency {stats['assign_latency_ms_mean']:.1f} ms (max "
           f"{stats['assign_latency_ms_max']:.1f}), {(pens > 0).mean():.2f} of its rollouts penalized")
     client.shutdown()

@@ -59,6 +59,36 @@ def scale_parser(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def depth_steps(args, ref: ReferenceMemory | None = None, repeat_frac: float = 0.0):
+    """For each memory depth e of `--epochs`: fill an appending ErrorMemory (and `ref`, if
+    given, clustered) to e epochs, untimed, and yield (e, filler, step_keys, feats, correct):
+    the step to time. That step is then appended, so the next depth continues after it.
+    (Shared with memory_actor.py.)"""
+    rng = np.random.default_rng(args.seed)
+    P, R, d = args.prompts, args.rollouts, args.dim
+    modes = rng.normal(size=(P, 8, d)) * 2.0
+    accuracy = rng.uniform(0, 1, P)
+    keys = [f"prompt-{i}" for i in range(P)]
+    filler = ErrorMemory(MedsConfig(target="none"))  # appends without computing sizes
+    filled = 0
+    for e in sorted(int(e) for e in args.epochs.split(",")):
+        while filled < e:
+            p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, repeat_frac)
+            filler.assign([keys[i] for i in p], feats, correct)
+            if ref is not None:
+                for j in range(len(p)):
+                    ref.vectors.setdefault((keys[p[j]], bool(correct[j])), []).append(feats[j].astype(np.float64).tolist())
+            filled += 1
+        if ref is not None:
+            for key in ref.vectors:
+                ref._cluster(key)
+        p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, repeat_frac)
+        step_keys = [keys[i] for i in p]
+        yield e, filler, step_keys, feats, correct
+        filler.assign(step_keys, feats, correct)
+        filled += 1
+
+
 def main():
     ap = scale_parser(__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -79,11 +109,7 @@ def main():
     ap.add_argument("--no-reference", action="store_true", help="time ErrorMemory only")
     args = ap.parse_args()
 
-    rng = np.random.default_rng(args.seed)
     P, R, d = args.prompts, args.rollouts, args.dim
-    modes = rng.normal(size=(P, 8, d)) * 2.0
-    accuracy = rng.uniform(0, 1, P)
-    keys = [f"prompt-{i}" for i in range(P)]
     cfg = MedsConfig()
 
     print(f"one step = {P} prompts x {R} rollouts, d={d}, repeats {args.repeat_frac}; reference tree: {args.reference_tree}")
@@ -92,28 +118,12 @@ def main():
     print("-" * len(header))
 
     # Fill both memories epoch by epoch (untimed), time one step at each requested depth.
-    filler = ErrorMemory(MedsConfig(target="none"))  # appends without computing sizes
     ref = None if args.no_reference else ReferenceMemory(approx_min_span_tree=args.reference_tree == "approx")
-    depths = sorted(int(e) for e in args.epochs.split(","))
-    filled = 0
-    for e in depths:
-        while filled < e:
-            p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, args.repeat_frac)
-            filler.assign([keys[i] for i in p], feats, correct)
-            if ref is not None:
-                for j in range(len(p)):
-                    ref.vectors.setdefault((keys[p[j]], bool(correct[j])), []).append(feats[j].astype(np.float64).tolist())
-            filled += 1
+    for e, filler, step_keys, feats, correct in depth_steps(args, ref, args.repeat_frac):
         ours = ErrorMemory(cfg)
         ours.load_state_dict(filler.state_dict())
         ours.recluster()  # the labels the memory has at the start of this step
-        if ref is not None:
-            for key in ref.vectors:
-                ref._cluster(key)
         vectors = ours.stats()["vectors"]
-
-        p, feats, correct = rollouts(rng, P, modes, accuracy, R, d, args.repeat_frac)
-        step_keys = [keys[i] for i in p]
         t0 = time.perf_counter()
         _, pen_ours = ours.step(step_keys, feats, correct)
         t_ours = time.perf_counter() - t0
@@ -127,8 +137,6 @@ def main():
             print(f"{e:>5} {vectors:>10} {t_ref:>11.2f} {t_ours:>12.3f} {t_ref / t_ours:>6.0f}x {same:>10} {bpv:>9.1f}")
         else:
             print(f"{e:>5} {vectors:>10} {'-':>11} {t_ours:>12.3f} {'-':>7} {'-':>10} {bpv:>9.1f}")
-        filler.assign(step_keys, feats, correct)  # the next depth continues after this step
-        filled += 1
     stats = ours.stats()
     print(f"\nlast step: {int((pen_ours > 0).sum())} of {len(pen_ours)} rollouts penalized, "
           f"{stats['clusters_per_key']:.1f} clusters per clustered key, noise fraction {stats['noise_frac']:.2f}, "
