@@ -19,7 +19,7 @@ setup(
     install_requires=CORE,
     # vLLM loads this in every process it starts: registers the MEDS model subclasses
     # (lazily: nothing is imported unless an engine asks for them), see docs/vllm-features.md.
-    entry_points={"vllm.general_plugins": ["openrlhf_meds = openrlhf_meds.rollout:register"]},
+    entry_points={"vllm.general_plugins": ["openrlhf_meds = openrlhf_meds.engine:register"]},
     extras_require={
         # GPU training nodes: OpenRLHF's own pins (it brings vllm==0.29.0, ray, deepspeed).
         "train": ["openrlhf[vllm]==0.11.2", "transformers==5.15.0", "ray[default]==2.55.0"],

@@ -24,7 +24,7 @@ import numpy as np
 
 
 def _model(args, path):
-    from openrlhf_meds.toy import make_tiny_qwen2
+    from openrlhf_meds.demo.toy import make_tiny_qwen2
 
     if not os.path.exists(os.path.join(path, "config.json")):
         make_tiny_qwen2(path, num_layers=args.num_layers, hidden_size=args.hidden_size, heads=args.hidden_size // 64,
@@ -37,8 +37,8 @@ def engine_cost(args, path):
     from vllm.inputs import TokensPrompt
 
     from openrlhf_meds.meds.config import MedsConfig
-    from openrlhf_meds.rollout.client import engine_kwargs, rollout_features_sync
-    from openrlhf_meds.toy import build_qwen_tokenizer
+    from openrlhf_meds.engine.client import engine_kwargs, rollout_features_sync
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     tokenizer = build_qwen_tokenizer()

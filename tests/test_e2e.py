@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from openrlhf_meds.demo import train
+from openrlhf_meds.demo.main import train
 
 
 @pytest.mark.slow

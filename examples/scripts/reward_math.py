@@ -10,7 +10,7 @@ Replace this file with your own verifier (e.g. math-verify) if you need more.
 import re
 from fractions import Fraction
 
-from openrlhf_meds.arith import last_boxed
+from openrlhf_meds.demo.task import last_boxed
 
 _STRIP = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", "$", "^\\circ", "^{\\circ}", " "]
 

@@ -13,12 +13,12 @@ Both install `openrlhf_meds.cpu.patches` in every process (see `cpu_env`). Appen
 from __future__ import annotations
 
 import os
-import runpy
 import subprocess
 import sys
 from contextlib import contextmanager
 
 from openrlhf_meds.cpu import patches
+from openrlhf_meds.integration.openrlhf import run_train_ppo_ray
 
 STARTUP_DIR = os.path.join(os.path.dirname(__file__), "startup")
 
@@ -80,26 +80,6 @@ def cpu_mode(threads: int = 1):
                 os.environ[key] = value
 
 
-@contextmanager
-def _replaced(replace: dict[str, object]):
-    """Set module attributes given as {"package.module.Name": obj}; restore them on exit."""
-    import importlib
-
-    saved = []
-    try:
-        for dotted, obj in replace.items():
-            module_name, _, attr = dotted.rpartition(".")
-            module = importlib.import_module(module_name)
-            if not hasattr(module, attr):
-                raise AttributeError(f"run_ppo(replace=...): {module_name} has no attribute {attr!r}")
-            saved.append((module, attr, getattr(module, attr)))
-            setattr(module, attr, obj)
-        yield
-    finally:
-        for module, attr, old in reversed(saved):
-            setattr(module, attr, old)
-
-
 def run_ppo(
     argv: list[str],
     *,
@@ -133,20 +113,6 @@ def run_ppo(
             run_train_ppo_ray(argv, replace)
         finally:
             ray.shutdown()
-
-
-def run_train_ppo_ray(argv: list[str], replace: dict[str, object] | None = None) -> None:
-    """Run OpenRLHF's `train_ppo_ray` script as `__main__` with `argv` as its flags, after
-    replacing the module attributes in `replace` (see `_replaced`); sys.argv and the
-    attributes are restored afterwards. Starts Ray only if the script does (`run_ppo` starts
-    it first)."""
-    saved_argv = sys.argv
-    try:
-        with _replaced(replace or {}):
-            sys.argv = ["train_ppo_ray", *argv]
-            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=False)
-    finally:
-        sys.argv = saved_argv
 
 
 def run_sft(argv: list[str], *, threads: int = 1, timeout: float | None = None, **run_kwargs):

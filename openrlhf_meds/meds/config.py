@@ -25,7 +25,7 @@ CHOICES = {
     "feature_source": ("vllm", "actor"),
 }
 
-# Group ids carry their shard in the low bits (see openrlhf_meds/memory_actor.py).
+# Group ids carry their shard in the low bits (see openrlhf_meds/memory/actor.py).
 MAX_SHARDS = 1024
 
 
@@ -65,7 +65,7 @@ class MedsConfig:
     # Where features come from: the patched vLLM engines (vllm) or the training-side
     # log-prob forward (actor), for engines where the vLLM patch is unavailable.
     feature_source: str = "vllm"
-    # The memory service (openrlhf_meds/memory_actor.py): number of MemoryActor shards
+    # The memory service (openrlhf_meds/memory/actor.py): number of MemoryActor shards
     # (keys are spread by a stable hash of the prompt key), a recovery snapshot every
     # `snapshot_interval` steps (0: only with training checkpoints), and the directory
     # for recovery snapshots and the write-ahead log ("": a fresh temporary directory).

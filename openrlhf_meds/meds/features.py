@@ -1,5 +1,5 @@
 """The MEDS feature of a rollout: per-layer logits of its first answer token
-(docs/meds-spec.md section 1, steps 3-4) for a Hugging Face decoder-only causal LM.
+(docs/algorithm.md, the feature: steps 3-4) for a Hugging Face decoder-only causal LM.
 
 Only one hidden row per layer and sequence is kept (forward hooks), the forward stops at the
 final norm (no lm_head over the sequence), and the logits use the single lm_head row of the

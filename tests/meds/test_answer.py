@@ -1,4 +1,4 @@
-"""answer_target on Qwen's real tokenizer (docs/meds-spec.md section 1, steps 1-2)."""
+"""answer_target on Qwen's real tokenizer (docs/algorithm.md, the feature: steps 1-2)."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
 """layer_logit_features against a plain output_hidden_states + lm_head computation
-(docs/meds-spec.md section 1, steps 3-4)."""
+(docs/algorithm.md, the feature: steps 3-4)."""
 
 import copy
 

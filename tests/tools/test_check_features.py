@@ -18,7 +18,7 @@ def test_error_table_flags_errors_and_nan_mismatch():
 
 @pytest.mark.slow
 def test_check_features_cli_on_tiny_qwen2(tiny_qwen2, tmp_path, capsys, monkeypatch):
-    from openrlhf_meds.toy import build_qwen_tokenizer
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer
 
     tiny_qwen2.save_pretrained(tmp_path)
     build_qwen_tokenizer(str(tmp_path))

@@ -46,8 +46,8 @@ from typing import Hashable, Sequence
 import numpy as np
 import ray
 
-from .meds.config import MAX_SHARDS, MedsConfig
-from .meds.memory import ErrorMemory
+from ..meds.config import MAX_SHARDS, MedsConfig
+from ..meds.memory import ErrorMemory
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator  # noq
 from openrlhf.trainer.ray.vllm_engine import RolloutRayActor  # noqa: E402
 from openrlhf.utils.agent import SingleTurnAgentExecutor  # noqa: E402
 
-from openrlhf_meds.rollout_actor import GROUP_ID, prompt_key, response_ids  # noqa: E402
+from openrlhf_meds.integration.rollout_actor import GROUP_ID, prompt_key, response_ids  # noqa: E402
 
 
 def test_prompt_key_is_a_stable_hash_of_the_text():

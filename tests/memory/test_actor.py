@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
-from openrlhf_meds.memory_actor import MemoryClient, new_group_id, shard_of
+from openrlhf_meds.memory.actor import MemoryClient, new_group_id, shard_of
 
 D, N = 6, 8  # feature width, rollouts per group
 

@@ -1,7 +1,7 @@
 """MEDS features inside vLLM 0.29 worker processes (docs/vllm-features.md).
 
 A feature is computed by a "re-prefill": after a rollout finishes, the caller
-(`openrlhf_meds.rollout.client`) submits prompt + response[:p+1] (p = the brace token of
+(`openrlhf_meds.engine.client`) submits prompt + response[:p+1] (p = the brace token of
 the final `\\boxed{`) with `max_tokens=1` and `extra_args={"meds_target": (tag, y*)}`.
 Automatic prefix caching makes the engine recompute only the uncached tail. The last
 prompt token is the brace, so the row vLLM samples from is exactly position p.
@@ -71,7 +71,7 @@ def check_vllm_version(version: str | None = None) -> None:
         version = vllm.__version__
     if not version.startswith(VLLM_SERIES):
         raise RuntimeError(
-            f"openrlhf_meds.rollout needs vLLM {VLLM_SERIES}x (it relies on vLLM internals, "
+            f"openrlhf_meds.engine needs vLLM {VLLM_SERIES}x (it relies on vLLM internals, "
             f"see patches/README.md), but vllm {version} is installed"
         )
 
@@ -119,7 +119,7 @@ class _MedsFeatures:
         if not isinstance(window, int) or not 1 <= window <= num_layers:
             raise ValueError(
                 f"{type(self).__name__} needs hf_overrides meds_window in [1, {num_layers}], got "
-                f"{window!r}: build the engine with openrlhf_meds.rollout.client.engine_kwargs"
+                f"{window!r}: build the engine with openrlhf_meds.engine.client.engine_kwargs"
             )
         self.meds_layers = tuple(range(num_layers - window + 1, num_layers))
         # Residual stream after these layers, appended inside the (compiled) inner forward.
@@ -233,7 +233,7 @@ class MedsFeatureProcessor(LogitsProcessor):
             if model is None:
                 raise RuntimeError(
                     "MEDS feature requests reached an engine without a MEDS model: build it "
-                    "with openrlhf_meds.rollout.client.engine_kwargs"
+                    "with openrlhf_meds.engine.client.engine_kwargs"
                 )
             model.meds_store(pending)
         return logits

@@ -27,7 +27,7 @@ from openrlhf.models import Actor  # noqa: E402
 from openrlhf.trainer.ppo_utils.experience import Experience  # noqa: E402
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator  # noqa: E402
 
-from openrlhf_meds import actor_features as af  # noqa: E402
+from openrlhf_meds.integration import actor_features as af  # noqa: E402
 from openrlhf_meds.meds.config import MedsConfig  # noqa: E402
 from openrlhf_meds.meds.features import response_features  # noqa: E402
 
@@ -226,10 +226,10 @@ def test_window_too_large(actor, qwen_tokenizer):
 
 
 def _zero3_worker(model_dir: str, out_path: str) -> None:
-    """Run as `python tests/test_actor_features.py zero3 MODEL_DIR OUT.npz` (see below)."""
+    """Run as `python tests/integration/test_actor_features.py zero3 MODEL_DIR OUT.npz` (see below)."""
     import deepspeed
 
-    from openrlhf_meds.toy import build_qwen_tokenizer
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer
 
     deepspeed.init_distributed(dist_backend="gloo")
     tokenizer = build_qwen_tokenizer()

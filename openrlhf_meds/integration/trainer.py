@@ -1,7 +1,7 @@
 """MEDS inside OpenRLHF's trainer: shaped rewards before advantages, metrics, memory checkpoints.
 
 One step, as `openrlhf_meds.train_grpo` wires it:
-1. the rollout engines (`openrlhf_meds.rollout_actor`) submit each finished prompt group's
+1. the rollout engines (`openrlhf_meds.integration.rollout_actor`) submit each finished prompt group's
    features and raw verdicts to the MemoryActor and tag its responses with the group id
    (`info["meds_group_id"]`, `info["meds_rollout"]`);
 2. `MedsExperienceMaker.compute_advantages_and_returns` fetches the penalties of the batch's
@@ -24,9 +24,9 @@ import torch
 from openrlhf.trainer.ppo_trainer import PPOTrainer
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
-from .meds.config import MedsConfig
-from .meds.shaping import shape_rewards
-from .memory_actor import MemoryClient
+from ..meds.config import MedsConfig
+from ..meds.shaping import shape_rewards
+from ..memory.actor import MemoryClient
 from .rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT, prompt_key
 
 MEMORY_DIR = "meds_memory"  # under --ckpt.path: one snapshot per saved step
@@ -90,7 +90,7 @@ class MedsExperienceMaker(RemoteExperienceMaker):
         if any(g is None for g, _, _ in tags):
             raise RuntimeError(
                 "MEDS: some rollouts carry no memory group id: the rollout engines are not the "
-                "MEDS ones (openrlhf_meds.rollout_actor); start training with openrlhf_meds.train_grpo"
+                "MEDS ones (openrlhf_meds.integration.rollout_actor); start training with openrlhf_meds.train_grpo"
             )
         gids = [g.long().tolist() for g, _, _ in tags]
         wanted = sorted({g for batch in gids for g in batch if g >= 0})

@@ -3,7 +3,7 @@
 `generate_responses` produces the n rollouts of one prompt. Right after, still inside the
 engine actor and while other prompts keep generating, this subclass computes the rollouts'
 MEDS features (`--meds.feature_source vllm`: a re-prefill on the same engine, see
-`openrlhf_meds.rollout`), submits the group with its raw verdicts (score >= 0.5) to the
+`openrlhf_meds.engine`), submits the group with its raw verdicts (score >= 0.5) to the
 MemoryActor, and tags every response with the group id so the trainer can fetch the
 penalties. With `--meds.feature_source actor` the features come later from the training
 forward and the trainer submits instead; the engine only tags the responses.
@@ -17,8 +17,8 @@ import numpy as np
 import ray
 from openrlhf.trainer.ray.vllm_engine import RolloutRayActor
 
-from .meds.config import MedsConfig
-from .memory_actor import MemoryClient
+from ..meds.config import MedsConfig
+from ..memory.actor import MemoryClient
 
 # Per-sample tags put in each response's extra_logs (OpenRLHF turns them into Experience.info).
 GROUP_ID, ROLLOUT, HAS_FEATURE = "meds_group_id", "meds_rollout", "meds_has_feature"
@@ -52,7 +52,7 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
         hf_config = AutoConfig.from_pretrained(model, trust_remote_code=kwargs.get("trust_remote_code", False))
         self.meds_num_layers = hf_config.get_text_config().num_hidden_layers
         if self.meds.feature_source == "vllm":
-            from .rollout.client import engine_kwargs
+            from ..engine.client import engine_kwargs
 
             # The engine must be built as the MEDS model subclass, with the feature drain in
             # its worker extension (a subclass of OpenRLHF's WorkerWrap: weight sync unchanged).
@@ -84,7 +84,7 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
         return responses
 
     async def _submit(self, prompt, responses, tokenizer):
-        from .rollout.client import rollout_features
+        from ..engine.client import rollout_features
 
         scores = [r.get("scores") for r in responses]
         if any(s is None for s in scores):

@@ -20,7 +20,7 @@ import torch
 
 from openrlhf_meds.meds.config import MedsConfig
 from openrlhf_meds.meds.features import response_features
-from openrlhf_meds.rollout.client import engine_kwargs, rollout_features, rollout_features_sync
+from openrlhf_meds.engine.client import engine_kwargs, rollout_features, rollout_features_sync
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ FP32_TOL = dict(rtol=1e-4, atol=1e-5)
 
 
 def _save(model, tmp_path_factory, name):
-    from openrlhf_meds.toy import build_qwen_tokenizer
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer
 
     path = str(tmp_path_factory.mktemp(name))
     model.save_pretrained(path)

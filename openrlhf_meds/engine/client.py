@@ -18,8 +18,8 @@ from ..meds.config import MedsConfig
 from ..meds.features import feature_width
 from . import ARCHITECTURES
 
-PROCESSOR = "openrlhf_meds.rollout.vllm_features:MedsFeatureProcessor"
-WORKER_EXTENSION = "openrlhf_meds.rollout.vllm_features.MedsWorkerWrap"
+PROCESSOR = "openrlhf_meds.engine.vllm_features:MedsFeatureProcessor"
+WORKER_EXTENSION = "openrlhf_meds.engine.vllm_features.MedsWorkerWrap"
 
 
 def feature_window(config: MedsConfig, num_layers: int) -> int:
@@ -100,7 +100,7 @@ def _assemble(n_rollouts, jobs, rank_results, config: MedsConfig, num_layers: in
     if missing:
         raise RuntimeError(
             f"MEDS features: the engine returned no feature for {len(missing)} of {len(jobs)} "
-            "re-prefills (was it built with openrlhf_meds.rollout.client.engine_kwargs?)"
+            "re-prefills (was it built with openrlhf_meds.engine.client.engine_kwargs?)"
         )
     both = np.stack([total[tag] for _, _, _, tag in jobs])  # [jobs, 2 * kept]: raw | logit lens
     kept = both.shape[1] // 2

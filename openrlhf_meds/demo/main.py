@@ -23,8 +23,8 @@ import os
 import shutil
 import time
 
-from .cpu.demo import grpo_argv, sft_tiny_model
-from .cpu.launch import PPO_CPU_FLAGS
+from .sft import grpo_argv, sft_tiny_model
+from ..cpu.launch import PPO_CPU_FLAGS
 
 CURVES = {  # tensorboard tag -> label
     "train/meds/raw_reward_mean": "raw reward (accuracy)",
@@ -74,7 +74,7 @@ PROMPTS, SAMPLES = 8, 8  # per step; the same 8 prompts every step, so mistakes 
 def train(task: dict, out_dir: str, steps: int, meds: bool = True, extra=(), save_steps: int | None = None) -> dict:
     """`steps` GRPO steps of train_grpo --cpu on the SFT'd model (one step per episode over
     the same PROMPTS prompts); returns the tensorboard scalars as {tag: {step: value}}."""
-    from .train_grpo import main as train_grpo
+    from ..train_grpo import main as train_grpo
 
     argv = grpo_argv(task["sft_model"], task["prompts"], task["reward"], out_dir, steps=1,
                      prompts_per_step=PROMPTS, n_samples=SAMPLES, max_new_tokens=64)

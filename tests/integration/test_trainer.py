@@ -19,11 +19,11 @@ from openrlhf.trainer.ppo_utils.experience import Experience  # noqa: E402
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker  # noqa: E402
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController  # noqa: E402
 
-from openrlhf_meds.cpu.launch import run_train_ppo_ray  # noqa: E402
+from openrlhf_meds.integration.openrlhf import run_train_ppo_ray  # noqa: E402
 from openrlhf_meds.meds import MedsConfig, group_advantages, shape_rewards  # noqa: E402
-from openrlhf_meds.memory_actor import MemoryClient  # noqa: E402
-from openrlhf_meds.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT  # noqa: E402
-from openrlhf_meds.trainer import MedsExperienceMaker  # noqa: E402
+from openrlhf_meds.memory.actor import MemoryClient  # noqa: E402
+from openrlhf_meds.integration.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT  # noqa: E402
+from openrlhf_meds.integration.trainer import MedsExperienceMaker  # noqa: E402
 
 N = 4  # rollouts per prompt
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from openrlhf_meds import arith
+from openrlhf_meds.demo import task as arith
 
 
 def test_dataset_is_a_function_of_the_seed():

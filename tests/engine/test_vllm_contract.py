@@ -1,4 +1,4 @@
-"""Contracts with the vLLM 0.29 / OpenRLHF 0.11.2 internals that openrlhf_meds.rollout
+"""Contracts with the vLLM 0.29 / OpenRLHF 0.11.2 internals that openrlhf_meds.engine
 relies on (patches/README.md). Each fails loudly, naming the internal, when upstream
 changes; none starts an engine."""
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from openrlhf_meds.meds.config import MedsConfig
-from openrlhf_meds.rollout import ARCHITECTURES
-from openrlhf_meds.rollout import vllm_features as vf
-from openrlhf_meds.rollout.client import engine_kwargs
+from openrlhf_meds.engine import ARCHITECTURES
+from openrlhf_meds.engine import vllm_features as vf
+from openrlhf_meds.engine.client import engine_kwargs
 
 
 def test_vllm_version_is_checked():
@@ -175,7 +175,7 @@ def test_plugin_entry_point_registers_the_architectures():
     from vllm import ModelRegistry
 
     (ep,) = [ep for ep in entry_points(group="vllm.general_plugins") if ep.name == "openrlhf_meds"]
-    assert ep.value == "openrlhf_meds.rollout:register"
+    assert ep.value == "openrlhf_meds.engine:register"
     ep.load()()
     assert set(ARCHITECTURES.values()) <= set(ModelRegistry.get_supported_archs())
 
@@ -185,8 +185,8 @@ def test_engine_kwargs(tmp_path, tiny_qwen2):
     kwargs = engine_kwargs(str(tmp_path / "qwen2"), MedsConfig(layer_diff=True))
     assert kwargs == {
         "hf_overrides": {"architectures": ["MedsQwen2ForCausalLM"], "meds_window": 15},
-        "logits_processors": ["openrlhf_meds.rollout.vllm_features:MedsFeatureProcessor"],
-        "worker_extension_cls": "openrlhf_meds.rollout.vllm_features.MedsWorkerWrap",
+        "logits_processors": ["openrlhf_meds.engine.vllm_features:MedsFeatureProcessor"],
+        "worker_extension_cls": "openrlhf_meds.engine.vllm_features.MedsWorkerWrap",
     }
     with pytest.raises(ValueError, match="--meds.layers=16: a window of 16 needs 16 layer differences"):
         engine_kwargs(str(tmp_path / "qwen2"), MedsConfig(layers=16, layer_diff=True))

@@ -23,9 +23,9 @@ import ray
 import torch
 from openrlhf.trainer.ray.ppo_actor import PolicyModelActor
 
-from .meds.answer import answer_target
-from .meds.config import MedsConfig
-from .meds.features import capture_feature_rows, decoder_parts, feature_width, logits_from_rows
+from ..meds.answer import answer_target
+from ..meds.config import MedsConfig
+from ..meds.features import capture_feature_rows, decoder_parts, feature_width, logits_from_rows
 
 
 def hf_model(actor) -> torch.nn.Module:

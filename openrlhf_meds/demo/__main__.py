@@ -1,0 +1,3 @@
+from openrlhf_meds.demo.main import main
+
+main()

