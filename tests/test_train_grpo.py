@@ -14,12 +14,23 @@ import pytest
 from openrlhf_meds.train_grpo import check_openrlhf_args, parse
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = sorted(glob.glob(os.path.join(REPO, "examples/scripts/*.sh")) + glob.glob(os.path.join(REPO, "examples/scripts/*.sbatch")))
+RECIPES = sorted(
+    glob.glob(os.path.join(REPO, "examples/scripts/*.sh")) + glob.glob(os.path.join(REPO, "examples/scripts/*.sbatch"))
+)
 
 
 def test_meds_flags_are_split_from_openrlhf_flags():
-    ours, config, rest = parse(["--actor.model_name_or_path", "/m/Qwen2.5-Math-7B", "--meds.alpha", "0.05",
-                                "--rollout.n_samples_per_prompt", "8", "--cpu"])
+    ours, config, rest = parse(
+        [
+            "--actor.model_name_or_path",
+            "/m/Qwen2.5-Math-7B",
+            "--meds.alpha",
+            "0.05",
+            "--rollout.n_samples_per_prompt",
+            "8",
+            "--cpu",
+        ]
+    )
     assert ours.cpu and not ours.dry_run
     assert config.alpha == 0.05 and config.preset == "qwen2.5-math-7b"  # preset detected from the path
     assert rest[:4] == ["--actor.model_name_or_path", "/m/Qwen2.5-Math-7B", "--rollout.n_samples_per_prompt", "8"]
@@ -28,29 +39,62 @@ def test_meds_flags_are_split_from_openrlhf_flags():
     assert rest == ["--algo.advantage.estimator=rloo"]  # the user's choice stands; no MEDS, no re-prefill
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--meds.alpah", "0.1"], "unknown MEDS flag --meds.alpah"),
-    (["--meds.alpha", "-1"], "--meds.alpha: must be a number >= 0"),
-    (["--meds.preset", "nope"], "--meds.preset: unknown preset"),
-    (["--meds.target", "all"], "argument --meds.target: invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--meds.alpah", "0.1"], "unknown MEDS flag --meds.alpah"),
+        (["--meds.alpha", "-1"], "--meds.alpha: must be a number >= 0"),
+        (["--meds.preset", "nope"], "--meds.preset: unknown preset"),
+        (["--meds.target", "all"], "argument --meds.target: invalid choice"),
+        (
+            ["--meds.knn_k", "5", "--meds.clustering", "single"],
+            "--meds.knn_k 5 has no effect with --meds.clustering single",
+        ),
+    ],
+)
 def test_bad_meds_flags_name_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse(argv)
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--cpu", "--help"]], ids=" ".join)
+def test_help_prints_the_meds_section_then_openrlhfs_flags(argv):
+    """Without CUDA, OpenRLHF's script imports under CPU mode's patches: on this machine both
+    runs list its flags that way."""
+    run = subprocess.run(
+        [sys.executable, "-m", "openrlhf_meds.train_grpo", *argv], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = " ".join(run.stdout.split())
+    assert "--meds.alpha X penalty slope: a rollout in a past-error cluster of size |C| loses" in out
+    assert "min(alpha*ln(|C|+1), beta)" in out and "(default 0.1)" in out
+    assert "--cpu CPU-only machine" in out and "--dry_run check flags" in out
+    assert "OpenRLHF's defaults differ in one place: --algo.advantage.estimator group_norm" in out  # the epilog
+    assert "--algo.advantage.estimator {gae,reinforce,rloo,reinforce_baseline,group_norm" in out  # OpenRLHF's parser
+    assert "--actor.model_name_or_path" in out
+    assert out.index("--meds.preset") < out.index("usage: train_ppo_ray")  # ours first, then OpenRLHF's
+
+
 def _flat(**values):
-    base = {"reward.remote_url": "r.py", "train.agent_func_path": None, "train.async_enable": False, "vllm.num_engines": 1}
+    base = {
+        "reward.remote_url": "r.py",
+        "train.agent_func_path": None,
+        "train.async_enable": False,
+        "vllm.num_engines": 1,
+    }
     base.update({k.replace("__", "."): v for k, v in values.items()})
     return argparse.Namespace(**base)
 
 
-@pytest.mark.parametrize("flat, message", [
-    (_flat(reward__remote_url=None), "--reward.remote_url"),
-    (_flat(train__async_enable=True), "--train.async_enable"),
-    (_flat(vllm__num_engines=0), "--vllm.num_engines"),
-])
+@pytest.mark.parametrize(
+    "flat, message",
+    [
+        (_flat(reward__remote_url=None), "--reward.remote_url"),
+        (_flat(train__async_enable=True), "--train.async_enable"),
+        (_flat(vllm__num_engines=0), "--vllm.num_engines"),
+    ],
+)
 def test_conflicting_openrlhf_flags_name_the_flag(flat, message):
     _, config, _ = parse([])
     with pytest.raises(SystemExit, match=message.replace(".", r"\.")):
@@ -65,20 +109,51 @@ def test_recipes_parse(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, expect", [
-    ("train_meds_qwen2.5_math_7b.sh", {"actor.eps_clip_low_high": [0.2, 0.28], "algo.dynamic_filtering_enable": True,
-                                       "reward.overlong_buffer_len": 512.0, "meds.enable": True, "meds.memory_shards": 4}),
-    ("train_grpo_qwen2.5_math_7b.sh", {"actor.eps_clip_low_high": None, "algo.dynamic_filtering_enable": False,
-                                       "reward.overlong_buffer_len": None, "meds.enable": False}),
-])
+@pytest.mark.parametrize(
+    "recipe, expect",
+    [
+        (
+            "train_meds_qwen2.5_math_7b.sh",
+            {
+                "actor.eps_clip_low_high": [0.2, 0.28],
+                "algo.dynamic_filtering_enable": True,
+                "reward.overlong_buffer_len": 512.0,
+                "meds.enable": True,
+                "meds.memory_shards": 4,
+            },
+        ),
+        (
+            "train_grpo_qwen2.5_math_7b.sh",
+            {
+                "actor.eps_clip_low_high": None,
+                "algo.dynamic_filtering_enable": False,
+                "reward.overlong_buffer_len": None,
+                "meds.enable": False,
+            },
+        ),
+    ],
+)
 def test_recipe_dry_run_prints_the_paper_setting(recipe, expect, tmp_path):
     env = dict(os.environ, DRY_RUN="1", EXTRA_ARGS="--cpu", PYTHON=sys.executable, SAVE=str(tmp_path))
-    out = subprocess.run(["bash", os.path.join(REPO, "examples/scripts", recipe)], env=env, check=True,
-                         capture_output=True, text=True, timeout=300).stdout
-    resolved = json.loads(out[out.index("{"):])
+    out = subprocess.run(
+        ["bash", os.path.join(REPO, "examples/scripts", recipe)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    resolved = json.loads(out[out.index("{") :])
     values = {**resolved["openrlhf"], **{f"meds.{k}": v for k, v in resolved["meds"].items()}}
-    common = {"rollout.batch_size": 512, "rollout.n_samples_per_prompt": 16, "rollout.max_new_tokens": 3072,
-              "actor.adam.lr": 1e-6, "algo.advantage.estimator": "group_norm", "ds.zero_stage": 3, "algo.kl.init_coef": 0.0}
+    common = {
+        "rollout.batch_size": 512,
+        "rollout.n_samples_per_prompt": 16,
+        "rollout.max_new_tokens": 3072,
+        "actor.adam.lr": 1e-6,
+        "algo.advantage.estimator": "group_norm",
+        "ds.zero_stage": 3,
+        "algo.kl.init_coef": 0.0,
+    }
     for key, value in {**common, **expect}.items():
         assert values[key] == value, key
 

@@ -23,7 +23,7 @@ COMMON=(
   --actor.model_name_or_path "$MODEL"
   --data.prompt_dataset "${DATA:-dapo-math-17k.jsonl}"
   --data.input_key prompt --data.label_key label
-  --data.input_template $'<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n'
+  --data.input_template $'<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n'
   --reward.remote_url "$here/reward_math.py"
   --rollout.batch_size 512 --rollout.n_samples_per_prompt 16
   --rollout.max_new_tokens 3072 --data.max_len 4096

@@ -2,6 +2,6 @@
 
 `patches` holds every change to upstream internals (installed in every process by
 `startup/sitecustomize.py` when OPENRLHF_MEDS_CPU=1); `launch` runs OpenRLHF's PPO/GRPO and SFT
-CLIs with them; `demo` runs SFT + GRPO on a tiny Qwen2 and the arithmetic task. See
+CLIs with them. Only `train_grpo --cpu`, the demo and the tests import this package. See
 docs/cpu-mode.md.
 """

@@ -131,7 +131,9 @@ class GlooBroadcastGroup:
 
         timeout = datetime.timedelta(minutes=10)
         self._store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
-        self._group = dist.ProcessGroupGloo(dist.PrefixStore("openrlhf_meds_sync", self._store), rank, world_size, timeout)
+        self._group = dist.ProcessGroupGloo(
+            dist.PrefixStore("openrlhf_meds_sync", self._store), rank, world_size, timeout
+        )
 
     def broadcast(self, tensor, src: int, stream=None) -> None:
         self._group.broadcast(tensor, src).wait()

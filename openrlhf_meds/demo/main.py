@@ -23,8 +23,8 @@ import os
 import shutil
 import time
 
-from .sft import grpo_argv, sft_tiny_model
 from ..cpu.launch import PPO_CPU_FLAGS
+from .sft import grpo_argv, sft_tiny_model
 
 CURVES = {  # tensorboard tag -> label
     "train/meds/raw_reward_mean": "raw reward (accuracy)",
@@ -76,13 +76,37 @@ def train(task: dict, out_dir: str, steps: int, meds: bool = True, extra=(), sav
     the same PROMPTS prompts); returns the tensorboard scalars as {tag: {step: value}}."""
     from ..train_grpo import main as train_grpo
 
-    argv = grpo_argv(task["sft_model"], task["prompts"], task["reward"], out_dir, steps=1,
-                     prompts_per_step=PROMPTS, n_samples=SAMPLES, max_new_tokens=64)
+    argv = grpo_argv(
+        task["sft_model"],
+        task["prompts"],
+        task["reward"],
+        out_dir,
+        steps=1,
+        prompts_per_step=PROMPTS,
+        n_samples=SAMPLES,
+        max_new_tokens=64,
+    )
     argv = argv[: len(argv) - len(PPO_CPU_FLAGS)]  # train_grpo --cpu adds them
-    train_grpo(["--cpu", *argv, "--train.num_episodes", str(steps), "--ckpt.save_steps", str(save_steps or steps),
-                "--logger.tensorboard_dir", os.path.join(out_dir, "tensorboard"), "--logger.logging_steps", "1",
-                "--meds.enable", str(meds).lower(), "--vllm.enable_prefix_caching",
-                "--meds.memory_dir", os.path.join(out_dir, "meds_state"), *extra])
+    train_grpo(
+        [
+            "--cpu",
+            *argv,
+            "--train.num_episodes",
+            str(steps),
+            "--ckpt.save_steps",
+            str(save_steps or steps),
+            "--logger.tensorboard_dir",
+            os.path.join(out_dir, "tensorboard"),
+            "--logger.logging_steps",
+            "1",
+            "--meds.enable",
+            str(meds).lower(),
+            "--vllm.enable_prefix_caching",
+            "--meds.memory_dir",
+            os.path.join(out_dir, "meds_state"),
+            *extra,
+        ]
+    )
     return {tag: dict(points) for tag, points in read_scalars(os.path.join(out_dir, "tensorboard")).items()}
 
 
@@ -91,7 +115,9 @@ def main(argv=None):
     ap.add_argument("--work-dir", default="outputs/demo")
     ap.add_argument("--steps", type=int, default=6, help="GRPO steps (8 prompts x 8 rollouts each)")
     ap.add_argument("--sft-examples", type=int, default=1600)
-    ap.add_argument("--baseline", action="store_true", help="also train with --meds.enable false and compare step times")
+    ap.add_argument(
+        "--baseline", action="store_true", help="also train with --meds.enable false and compare step times"
+    )
     args, extra = ap.parse_known_args(argv)  # extra: more train_grpo flags (--meds.alpha 0.2, ...)
     work = os.path.abspath(args.work_dir)
     t0 = time.perf_counter()
@@ -130,16 +156,24 @@ def main(argv=None):
         times = [v for step, v in sorted(s["train/timing/step_total"].items()) if step > 1]
         return sum(times) / max(len(times), 1)
 
+    raw0, raw1 = first["train/meds/raw_reward_mean"], last["train/meds/raw_reward_mean"]
     lines = [
-        f"raw reward (accuracy): {first['train/meds/raw_reward_mean']:.3f} at step 1 -> {last['train/meds/raw_reward_mean']:.3f} at step {args.steps}",
-        f"rollouts with a \\boxed{{}} answer (a MEDS feature): {1 - last['train/meds/no_feature_frac']:.0%} at the last step",
+        f"raw reward (accuracy): {raw0:.3f} at step 1 -> {raw1:.3f} at step {args.steps}",
+        f"rollouts with a \\boxed{{}} answer (a MEDS feature): {1 - last['train/meds/no_feature_frac']:.0%} "
+        "at the last step",
         f"penalized rollouts: {last['train/meds/frac_penalized']:.0%} at the last step (all of them wrong: "
-        f"{last['train/meds/frac_penalized_correct']:.0%} correct), mean penalty of those {last['train/meds/penalty_mean_penalized']:.3f}",
+        f"{last['train/meds/frac_penalized_correct']:.0%} correct), "
+        f"mean penalty of those {last['train/meds/penalty_mean_penalized']:.3f}",
         f"memory: {last['train/meds/memory_vectors']:.0f} vectors over {last['train/meds/memory_keys']:.0f} keys, "
         f"{last['train/meds/clusters_per_key']:.1f} error clusters per key",
         f"mean step time (steps 2-{args.steps}): {step_time(scalars):.2f} s with MEDS"
-        + (f", {step_time(baseline):.2f} s without (MEDS adds {step_time(scalars) / step_time(baseline) - 1:+.1%})" if baseline else ""),
-        f"logs: {os.path.join(meds_dir, 'tensorboard')}   checkpoint (model + MEDS memory): {os.path.join(meds_dir, 'ckpt')}",
+        + (
+            f", {step_time(baseline):.2f} s without (MEDS adds {step_time(scalars) / step_time(baseline) - 1:+.1%})"
+            if baseline
+            else ""
+        ),
+        f"logs: {os.path.join(meds_dir, 'tensorboard')}   "
+        f"checkpoint (model + MEDS memory): {os.path.join(meds_dir, 'ckpt')}",
         f"curves: {png}",
         f"total {time.perf_counter() - t0:.0f} s (GRPO with MEDS {t_train:.0f} s)",
     ]

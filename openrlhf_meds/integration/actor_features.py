@@ -42,7 +42,10 @@ def hf_model(actor) -> torch.nn.Module:
 def check_parallelism(ds_args) -> None:
     """`--meds.feature_source actor` reads hidden rows on one rank: no sequence or tensor
     parallelism (`ds_args` is OpenRLHF's `args.ds`)."""
-    for flag, size in (("ring_attn_size", ds_args.ring_attn_size), ("tensor_parallel_size", ds_args.tensor_parallel_size)):
+    for flag, size in (
+        ("ring_attn_size", ds_args.ring_attn_size),
+        ("tensor_parallel_size", ds_args.tensor_parallel_size),
+    ):
         if size > 1:
             raise ValueError(
                 f"--meds.feature_source actor does not support --ds.{flag} {size} (a rollout's hidden "
@@ -148,14 +151,18 @@ class MedsPolicyModelActor(PolicyModelActor.__ray_metadata__.modified_class):
         self.meds = MedsConfig(**config)
         self.meds_features: list[np.ndarray] = []
 
-    def forward(self, sequences, action_mask=None, attention_mask=None, packed_seq_lens=None, mm_train_inputs_list=None):
+    def forward(
+        self, sequences, action_mask=None, attention_mask=None, packed_seq_lens=None, mm_train_inputs_list=None
+    ):
         if getattr(self, "meds", None) is None:
             raise RuntimeError("MedsPolicyModelActor.forward called before meds_setup()")
         check_parallelism(self.strategy.args.ds)
         with feature_capture(
             self.actor, self.tokenizer, self.meds, sequences, action_mask, attention_mask, self.strategy.ring_attn_group
         ) as finish:
-            action_log_probs = super().forward(sequences, action_mask, attention_mask, packed_seq_lens, mm_train_inputs_list)
+            action_log_probs = super().forward(
+                sequences, action_mask, attention_mask, packed_seq_lens, mm_train_inputs_list
+            )
             self.meds_features.append(finish())
         return action_log_probs
 

@@ -28,11 +28,13 @@ HIERARCHIZE = "openrlhf.utils.config.hierarchize"
 PPO_TRAINER = "openrlhf.trainer.ppo_trainer.PPOTrainer"
 ROLLOUT_ACTOR = "openrlhf.trainer.ray.vllm_engine.RolloutRayActor"
 POLICY_ACTOR = "openrlhf.trainer.ray.ppo_actor.PolicyModelActor"
+EVAL_METRICS = "openrlhf.trainer.ppo_trainer.compute_eval_metrics"
 # name -> what stands in for it, and when
 REPLACED = {
-    HIERARCHIZE: "always: checks OpenRLHF's parsed flags against MEDS's (check_openrlhf_args); prints them for --dry_run",
+    HIERARCHIZE: "always: checks OpenRLHF's flags against MEDS's (check_openrlhf_args); prints them for --dry_run",
+    EVAL_METRICS: "always: adds the unbiased pass@k and mean@n per eval dataset (eval_metrics.with_pass_at_k)",
     PPO_TRAINER: "MEDS on: a factory that starts the MemoryActor shards, then trainer.MedsPPOTrainer",
-    ROLLOUT_ACTOR: "--meds.feature_source vllm: rollout_actor.MedsEngines (engines that emit features, feed the memory)",
+    ROLLOUT_ACTOR: "--meds.feature_source vllm: rollout_actor.MedsEngines (engines emit features, feed the memory)",
     POLICY_ACTOR: "--meds.feature_source actor: actor_features.MedsPolicyModelActor (features in the log-prob forward)",
 }
 
@@ -79,11 +81,6 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
         )
     if config.feature_source == "vllm" and not get("vllm.num_engines"):
         raise SystemExit("error: --meds.feature_source vllm needs vLLM engines (--vllm.num_engines >= 1)")
-    if config.feature_source == "actor" and config.filtered_into_memory:
-        raise SystemExit(
-            "error: --meds.filtered_into_memory needs --meds.feature_source vllm (with the actor "
-            "source, features exist only for the groups that dynamic filtering kept)"
-        )
 
 
 def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]:
@@ -99,11 +96,15 @@ def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]
             raise SystemExit(0)
         return hierarchize(flat)
 
-    replace = {HIERARCHIZE: checked_hierarchize}
+    from openrlhf.trainer import ppo_trainer
+
+    from .eval_metrics import with_pass_at_k
+
+    replace = {HIERARCHIZE: checked_hierarchize, EVAL_METRICS: with_pass_at_k(ppo_trainer.compute_eval_metrics)}
     if not config.enable:
         return replace
 
-    from ..memory.actor import MemoryClient
+    from ..memory.client import MemoryClient
     from .rollout_actor import MedsEngines
     from .trainer import MedsPPOTrainer
 

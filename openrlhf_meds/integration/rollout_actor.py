@@ -18,7 +18,7 @@ import ray
 from openrlhf.trainer.ray.vllm_engine import RolloutRayActor
 
 from ..meds.config import MedsConfig
-from ..memory.actor import MemoryClient
+from ..memory.client import MemoryClient
 
 # Per-sample tags put in each response's extra_logs (OpenRLHF turns them into Experience.info).
 GROUP_ID, ROLLOUT, HAS_FEATURE = "meds_group_id", "meds_rollout", "meds_has_feature"
@@ -68,7 +68,9 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
         """The training step of the next rollouts; submit=False for evaluation rollouts."""
         self.meds_step, self.meds_submit = int(step), bool(submit)
 
-    async def generate_responses(self, prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=1, images=None):
+    async def generate_responses(
+        self, prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=1, images=None
+    ):
         responses = await super().generate_responses(
             prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=num_samples, images=images
         )

@@ -26,7 +26,7 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
 from ..meds.config import MedsConfig
 from ..meds.shaping import shape_rewards
-from ..memory.actor import MemoryClient
+from ..memory.client import MemoryClient
 from .rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT, prompt_key
 
 MEMORY_DIR = "meds_memory"  # under --ckpt.path: one snapshot per saved step
@@ -58,7 +58,9 @@ class MedsExperienceMaker(RemoteExperienceMaker):
         engines do with --meds.feature_source vllm."""
         from .actor_features import actor_features
 
-        feats = actor_features(self.actor_model_group, samples_list, self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size)
+        feats = actor_features(
+            self.actor_model_group, samples_list, self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size
+        )
         n = self.args.rollout.n_samples_per_prompt
         groups: dict[int, list[tuple[int, int]]] = {}  # OpenRLHF's group identity: index // n
         for k, samples in enumerate(samples_list):
@@ -86,7 +88,9 @@ class MedsExperienceMaker(RemoteExperienceMaker):
     def shape_rewards(self, experiences) -> dict:
         """Replace each experience's rewards by the MEDS-shaped ones; return step metrics."""
         t0 = time.perf_counter()
-        tags = [(e.info.pop(GROUP_ID, None), e.info.pop(ROLLOUT, None), e.info.pop(HAS_FEATURE, None)) for e in experiences]
+        tags = [
+            (e.info.pop(GROUP_ID, None), e.info.pop(ROLLOUT, None), e.info.pop(HAS_FEATURE, None)) for e in experiences
+        ]
         if any(g is None for g, _, _ in tags):
             raise RuntimeError(
                 "MEDS: some rollouts carry no memory group id: the rollout engines are not the "
@@ -137,9 +141,15 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
         """Called by train_grpo right after construction (before fit)."""
         self.meds, self.memory = MedsConfig(**config), memory
         self.experience_maker = MedsExperienceMaker(
-            self.actor_model_group, self.critic_model_group, self.reward_model_group,
-            self.reference_model_group, self.kl_ctl, self.strategy, self.tokenizer,
-            meds=self.meds, memory=memory,
+            self.actor_model_group,
+            self.critic_model_group,
+            self.reward_model_group,
+            self.reference_model_group,
+            self.kl_ctl,
+            self.strategy,
+            self.tokenizer,
+            meds=self.meds,
+            memory=memory,
         )
         if self.meds.feature_source == "actor":
             ray.get(self.actor_model_group.async_run_method(method_name="meds_setup", config=config))
@@ -174,17 +184,19 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
         self._engines_at_step(next_step)
         status.update(self.experience_maker.step_metrics)
         stats = self.memory.stats(reset=True)
-        status.update({
-            "meds/memory_vectors": stats["vectors"],
-            "meds/memory_keys": stats["keys"],
-            "meds/clusters_per_key": stats["clusters_per_key"],
-            "meds/noise_frac": stats["noise_frac"],
-            "meds/assign_latency_ms": stats["assign_latency_ms_mean"],
-            "meds/recluster_ms": stats["recluster_ms_mean"],
-            "meds/queue_depth": stats["queue_depth"],
-            "meds/rejected_nan_or_inf": stats.get("rejected_nan", 0) + stats.get("rejected_inf", 0),
-            "meds/memory_restarts": stats.get("restarts", 0),
-        })
+        status.update(
+            {
+                "meds/memory_vectors": stats["vectors"],
+                "meds/memory_keys": stats["keys"],
+                "meds/clusters_per_key": stats["clusters_per_key"],
+                "meds/noise_frac": stats["noise_frac"],
+                "meds/assign_latency_ms": stats["assign_latency_ms_mean"],
+                "meds/recluster_ms": stats["recluster_ms_mean"],
+                "meds/queue_depth": stats["queue_depth"],
+                "meds/rejected_nan_or_inf": stats.get("rejected_nan", 0) + stats.get("rejected_inf", 0),
+                "meds/memory_restarts": stats.get("restarts", 0),
+            }
+        )
         return status, next_step
 
     def evaluate(self, global_step, **generate_kwargs):
@@ -201,7 +213,7 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
             # Keep as many memory snapshots as DeepSpeed keeps checkpoints.
             root = os.path.join(self.args.ckpt.path, MEMORY_DIR)
             saved = sorted(
-                (d for d in os.listdir(root) if d.startswith("global_step")), key=lambda d: int(d[len("global_step"):])
+                (d for d in os.listdir(root) if d.startswith("global_step")), key=lambda d: int(d[len("global_step") :])
             )
             for old in saved[: max(len(saved) - self.args.ckpt.max_num, 0)]:
                 shutil.rmtree(os.path.join(root, old), ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The MEDS error memory as a Ray service: `MemoryActor` shards and the `MemoryClient` router.
+"""One shard of the MEDS error memory as a Ray actor: RPC, the worker queue, statistics.
 
 Why a service: clustering must not sit on the training step's critical path. A prompt group
 is submitted as soon as its rollouts are done (while other prompts are still generating);
@@ -8,79 +8,48 @@ a stale key itself before assigning to it again, and assigns a prompt drawn twic
 against the memory as it was when the step began, so the results equal the synchronous
 `ErrorMemory.step` exactly, whatever the order in which groups arrive.
 
-One actor per shard; a prompt key lives on shard `shard_of(key, K)` (a stable hash), and a
-group id carries its shard in its low bits so anyone holding it can fetch the penalties.
-
 Inside an actor, one worker thread runs all memory work in priority order: assignments
 (FIFO) first, then background re-clustering, so a new group never waits behind clustering
 of other keys. The Ray event loop only validates, logs and hands out results.
 
-Fault tolerance: every accepted group is appended to a write-ahead log (WAL) before the
-submit returns, and the shard's memory is snapshotted every `--meds.snapshot_interval`
-steps (at a step boundary) and with every training checkpoint. A shard that dies is
-restarted by Ray (`max_restarts`) and rebuilds itself from its last snapshot plus a replay
-of the log, so the penalties are the same as if it had never died; calls in flight are
-retried by Ray. If the log cannot be read (e.g. the shard was restarted on another node),
-the loss is reported and counted (`lost_groups`) and those groups get zero penalties.
+Fault tolerance: every accepted group is appended to the shard's write-ahead log (`wal.py`)
+before the submit returns, and the shard's memory is snapshotted every
+`--meds.snapshot_interval` steps (at a step boundary) and with every training checkpoint. A
+shard that dies is restarted by Ray (`max_restarts`) and rebuilds itself from its last
+snapshot plus a replay of the log, so the penalties are the same as if it had never died;
+calls in flight are retried by Ray. If the log cannot be read (e.g. the shard was restarted
+on another node), the loss is reported and counted (`lost_groups`) and those groups get zero
+penalties. `MemoryClient` (`client.py`) starts the shards and routes calls to them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import glob
 import hashlib
 import itertools
-import json
 import logging
 import os
-import pickle
 import queue
-import secrets
-import shutil
-import struct
-import tempfile
 import threading
 import time
-from typing import Hashable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import ray
 
 from ..meds.config import MAX_SHARDS, MedsConfig
 from ..meds.memory import ErrorMemory
+from .client import shard_of
+from .wal import ShardLog, publish
 
 logger = logging.getLogger(__name__)
 
-SHARD_BITS = (MAX_SHARDS - 1).bit_length()
-MANIFEST = "manifest.json"
-SNAPSHOT_FORMAT = "openrlhf_meds.memory_snapshot"
-SNAPSHOT_VERSION = 1
 # Priorities of the worker thread's jobs (lower runs first; FIFO within a priority).
 ASSIGN, RECLUSTER = 0, 1
 # Results nobody fetched (e.g. groups the trainer filtered out) are dropped after this many steps.
 RESULT_TTL_STEPS = 4
 # Failure counters kept across stats() windows and restarts.
 CUMULATIVE = ("lost_groups", "failed_groups", "restarts", "replayed_groups")
-
-
-def shard_of(prompt_key: Hashable, num_shards: int) -> int:
-    """The shard holding `prompt_key` (stable across processes and runs, unlike hash())."""
-    digest = hashlib.blake2b(f"{type(prompt_key).__name__}:{prompt_key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % num_shards
-
-
-def new_group_id(prompt_key: Hashable, num_shards: int) -> int:
-    """A fresh group id (a non-negative int64) that routes to the key's shard."""
-    return (secrets.randbits(62 - SHARD_BITS) << SHARD_BITS) | shard_of(prompt_key, num_shards)
-
-
-def _write_json(path: str, data: dict):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _digest(prompt_key, step, feats: np.ndarray, ok: np.ndarray) -> str:
@@ -96,9 +65,9 @@ class MemoryActor:
     def __init__(self, config: dict, shard: int, num_shards: int, state_dir: str):
         self.config = MedsConfig(**config)
         self.shard, self.num_shards = shard, num_shards
-        self.dir = os.path.join(state_dir, f"shard-{shard:05d}")
+        self.log = ShardLog(os.path.join(state_dir, f"shard-{shard:05d}"))
         self.memory = ErrorMemory(self.config)
-        self.lock = threading.Lock()  # guards results / waiters / digests / the WAL
+        self.lock = threading.Lock()  # guards results / waiters / digests / the log
         self.results: dict[int, tuple] = {}  # ready, not yet fetched: (sizes, pens, step)
         self.waiters: dict[int, asyncio.Future] = {}
         self.digests: dict[int, str] = {}  # submitted, not yet fetched (for retried submits)
@@ -107,20 +76,16 @@ class MemoryActor:
         self.job_seq = itertools.count()
         self.busy = 0  # queued or running jobs
         self.idle = threading.Condition(self.lock)
-        self.seq = 0  # last WAL record number
         self.latest_step = -1
         self.base_step = -1  # step of the last recovery snapshot
         self.lost = False
         self.stat: dict[str, float] = {}
         self._reset_window()
-        self.wal = None
-        os.makedirs(self.dir, exist_ok=True)
         if ray.get_runtime_context().was_current_actor_reconstructed:
             self._recover()
         else:
-            for path in glob.glob(os.path.join(self.dir, "*")):
-                os.unlink(path)  # a fresh shard: leftovers of an earlier run must not replay
-        self._open_wal()
+            self.log.clear()
+        self.log.open()
         threading.Thread(target=self._work, daemon=True, name=f"meds-memory-{shard}").start()
 
     # ------------------------------------------------------------------ client API
@@ -153,7 +118,7 @@ class MemoryActor:
                 self._maybe_snapshot_at_step(int(step))
             self.latest_step = max(self.latest_step, int(step))
             record = ("G", group_id, prompt_key, int(step), feats, ok)
-            self._log(record)
+            self.log.append(record)
             self.digests[group_id] = digest
             self._put(ASSIGN, self._assign, record, time.perf_counter())
         return group_id
@@ -185,7 +150,7 @@ class MemoryActor:
                 out.append(result and result[:2])
                 self.digests.pop(gid, None)
                 self.waiters.pop(gid, None)
-            self._log(("F", [int(g) for g in group_ids]))
+            self.log.append(("F", [int(g) for g in group_ids]))
         return out
 
     async def flush(self):
@@ -236,7 +201,7 @@ class MemoryActor:
 
     async def _run_job(self, fn, *args):
         """Run `fn(seq, *args)` on the worker thread after the assignments queued before it
-        (`seq`: the last WAL record they cover); return its result."""
+        (`seq`: the last log record they cover); return its result."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
@@ -249,7 +214,7 @@ class MemoryActor:
                 loop.call_soon_threadsafe(fut.set_result, result)
 
         with self.lock:
-            self._put(ASSIGN, job, self.seq)
+            self._put(ASSIGN, job, self.log.seq)
         return await fut
 
     def _assign(self, record, submitted_at: float | None = None):
@@ -308,39 +273,22 @@ class MemoryActor:
         self.stat["expired_results"] += len(stale)
         interval = self.config.snapshot_interval
         if interval and step - max(self.base_step, 0) >= interval:
-            self._put(ASSIGN, self._base_job, self.seq)
+            self._put(ASSIGN, self._base_job, self.log.seq)
 
     def _base_job(self, seq: int) -> str:
-        """Make the memory as of WAL record `seq` the recovery base; drop older files."""
-        path = os.path.join(self.dir, f"base-{seq:012d}.npz")
-        self.memory.save(path)
+        """Make the memory as of log record `seq` the recovery base; drop older files."""
+        path = self.log.save_memory(self.memory, seq)
         with self.lock:
-            unfetched = {str(g): [r[0].tolist(), r[1].tolist(), r[2]] for g, r in self.results.items()}
-            self._rotate_wal()
+            unfetched = dict(self.results)
+            self.log.rotate()
             step = self.latest_step
-        _write_json(
-            os.path.join(self.dir, "base.json"),
-            {"seq": seq, "step": step, "memory": os.path.basename(path), "results": unfetched,
-             "stat": {k: self.stat[k] for k in CUMULATIVE}},
-        )
+        self.log.commit_base(path, seq, step, unfetched, {k: self.stat[k] for k in CUMULATIVE})
         self.base_step = step
-        for old in glob.glob(os.path.join(self.dir, "base-*.npz")):
-            if old != path:
-                os.unlink(old)
-        for seg in sorted(glob.glob(os.path.join(self.dir, "wal-*.log")))[:-1]:
-            if self._segment_last_seq(seg) <= seq:
-                os.unlink(seg)
         return path
 
     def _snapshot_job(self, seq: int, path: str) -> dict:
-        base = self._base_job(seq)
-        # The recovery base doubles as the training snapshot (hard link, else a copy).
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            os.link(base, tmp)
-        except OSError:
-            shutil.copyfile(base, tmp)
-        os.replace(tmp, path)
+        # The recovery base doubles as the training snapshot.
+        publish(self._base_job(seq), path)
         return {"path": path, "vectors": int(sum(len(m.vectors) for m in self.memory.keys.values()))}
 
     def _restore_job(self, seq: int, paths: list[str]):
@@ -356,79 +304,36 @@ class MemoryActor:
         with self.lock:  # label the restored keys in the background, not at their next use
             self._put(RECLUSTER, self._recluster, list(memory.keys))
 
-    def _open_wal(self):
-        self.wal = open(os.path.join(self.dir, f"wal-{self.seq + 1:012d}.log"), "ab")
-
-    def _rotate_wal(self):
-        self.wal.close()
-        self._open_wal()
-
-    def _log(self, record):
-        """Append a record to the WAL (under the lock). Flushed to the OS: a killed process
-        loses nothing; a lost node loses the directory anyway."""
-        self.seq += 1
-        data = pickle.dumps((self.seq, record), protocol=pickle.HIGHEST_PROTOCOL)
-        self.wal.write(struct.pack("<Q", len(data)) + data)
-        self.wal.flush()
-
-    @staticmethod
-    def _read_segment(path: str):
-        """WAL records of one file; a torn last record (killed mid-write) is dropped."""
-        with open(path, "rb") as f:
-            data = f.read()
-        pos = 0
-        while pos + 8 <= len(data):
-            (n,) = struct.unpack_from("<Q", data, pos)
-            if pos + 8 + n > len(data):
-                break
-            yield pickle.loads(data[pos + 8 : pos + 8 + n])
-            pos += 8 + n
-
-    def _segment_last_seq(self, path: str) -> int:
-        last = int(os.path.basename(path)[4:16]) - 1
-        for seq, _ in self._read_segment(path):
-            last = seq
-        return last
-
     def _recover(self):
-        """Rebuild after a restart: last snapshot + replay of the WAL since."""
+        """Rebuild after a restart: last snapshot + replay of the log since."""
         t0, replayed = time.perf_counter(), 0
         try:
-            base_file = os.path.join(self.dir, "base.json")
-            segments = sorted(glob.glob(os.path.join(self.dir, "wal-*.log")))
-            if not os.path.exists(base_file) and not segments:
-                raise FileNotFoundError(f"no snapshot or log in {self.dir} (restarted on another node?)")
-            base = {"seq": 0, "step": -1, "results": {}, "stat": {}}
-            if os.path.exists(base_file):
-                with open(base_file) as f:
-                    base = json.load(f)
-                self.memory = ErrorMemory.load(os.path.join(self.dir, base["memory"]), self.config)
-            self.results = {int(g): (np.asarray(s, np.int64), np.asarray(p), st) for g, (s, p, st) in base["results"].items()}
+            base = self.log.load_base(self.config)
+            if base.memory is not None:
+                self.memory = base.memory
+            self.results = base.results
             self.digests = dict.fromkeys(self.results, "")
-            self.latest_step = self.base_step = base["step"]
-            self.seq = base["seq"]
-            self.stat.update(base["stat"])
-            for seg in segments:
-                for seq, record in self._read_segment(seg):
-                    if seq <= base["seq"]:
-                        continue
-                    self.seq = seq
-                    if record[0] == "G":
-                        _, gid, key, step, feats, ok = record
-                        self.digests[gid] = _digest(key, step, feats, ok)
-                        self.latest_step = max(self.latest_step, step)
-                        self._assign(record)
-                        replayed += 1
-                    else:
-                        for gid in record[1]:
-                            self.results.pop(gid, None)
-                            self.digests.pop(gid, None)
+            self.latest_step = self.base_step = base.step
+            self.stat.update(base.stat)
+            for _, record in self.log.replay(after=base.seq):
+                if record[0] == "G":
+                    _, gid, key, step, feats, ok = record
+                    self.digests[gid] = _digest(key, step, feats, ok)
+                    self.latest_step = max(self.latest_step, step)
+                    self._assign(record)
+                    replayed += 1
+                else:
+                    for gid in record[1]:
+                        self.results.pop(gid, None)
+                        self.digests.pop(gid, None)
         except Exception as e:
             self.lost = True
-            self.seq = max(self.seq, 1 << 40)  # never reuse the numbers of unreadable records
+            self.log.skip_lost()
             logger.error(
                 "MEDS memory shard %d restarted but could not fully recover (%s): groups not "
-                "replayed get zero penalties and are counted in lost_groups", self.shard, e,
+                "replayed get zero penalties and are counted in lost_groups",
+                self.shard,
+                e,
             )
         # Re-clustering happens lazily at the next assignment of each key.
         self.jobs, self.busy = queue.PriorityQueue(), 0
@@ -436,124 +341,8 @@ class MemoryActor:
         self.stat["replayed_groups"] += replayed
         logger.warning(
             "MEDS memory shard %d restarted: snapshot of step %d + %d groups replayed in %.2f s",
-            self.shard, self.base_step, replayed, time.perf_counter() - t0,
+            self.shard,
+            self.base_step,
+            replayed,
+            time.perf_counter() - t0,
         )
-
-
-class MemoryClient:
-    """Routes groups to MemoryActor shards; picklable, so rollout workers can hold one."""
-
-    def __init__(self, actors: list, num_shards: int, state_dir: str):
-        self.actors, self.num_shards, self.state_dir = actors, num_shards, state_dir
-
-    @classmethod
-    def start(cls, config: MedsConfig, num_cpus: float = 1, name: str | None = None) -> "MemoryClient":
-        """Start `config.memory_shards` MemoryActors (CPU only), preferring this (the
-        driver's, usually the head) node, restarted by Ray if their process dies."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        state_dir = config.memory_dir or tempfile.mkdtemp(prefix="openrlhf_meds_memory_")
-        here = ray.get_runtime_context().get_node_id()
-        actor_cls = ray.remote(MemoryActor)
-        actors = [
-            actor_cls.options(
-                num_cpus=num_cpus,
-                num_gpus=0,
-                max_restarts=-1,
-                max_task_retries=-1,
-                name=f"{name}-{i}" if name else None,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True),
-            ).remote(config.to_dict(), i, config.memory_shards, state_dir)
-            for i in range(config.memory_shards)
-        ]
-        return cls(actors, config.memory_shards, state_dir)
-
-    def new_group_id(self, prompt_key) -> int:
-        return new_group_id(prompt_key, self.num_shards)
-
-    def submit(self, prompt_key, step: int, features, correct, group_id: int | None = None):
-        """Send one group; returns (group id, ObjectRef of the acknowledgement). Await or
-        ray.get the ref to see validation errors."""
-        gid = self.new_group_id(prompt_key) if group_id is None else int(group_id)
-        actor = self.actors[gid & (MAX_SHARDS - 1)]
-        return gid, actor.submit.remote(gid, prompt_key, step, features, correct)
-
-    def fetch_refs(self, group_ids: Sequence[int], timeout: float | None = None) -> dict:
-        """ObjectRefs per shard: {shard: (ref, positions)}; see `fetch`."""
-        by_shard: dict[int, list[int]] = {}
-        for pos, gid in enumerate(group_ids):
-            by_shard.setdefault(int(gid) & (MAX_SHARDS - 1), []).append(pos)
-        return {
-            s: (self.actors[s].fetch.remote([int(group_ids[p]) for p in pos], timeout), pos)
-            for s, pos in by_shard.items()
-        }
-
-    def fetch(self, group_ids: Sequence[int], timeout: float | None = 600.0) -> list:
-        """(cluster sizes, penalties) of each group in order (None: lost in a crash)."""
-        out: list = [None] * len(group_ids)
-        for ref, positions in self.fetch_refs(group_ids, timeout).values():
-            for p, result in zip(positions, ray.get(ref)):
-                out[p] = result
-        return out
-
-    def flush(self, timeout: float | None = 600.0):
-        """Wait (at most `timeout` s) until every shard's queued work is done."""
-        ray.get([a.flush.remote() for a in self.actors], timeout=timeout)
-
-    def stats(self, reset: bool = True) -> dict:
-        """Statistics over all shards (sums, and means weighted as over one memory)."""
-        shards = ray.get([a.stats.remote(reset) for a in self.actors])
-        total = {k: sum(s.get(k, 0) for s in shards) for k in set().union(*shards) if k != "shard"}
-        for k in [k for k in total if k.endswith("_max")]:
-            total[k] = max(s.get(k, 0) for s in shards)
-        clustered = total.get("clustered_keys", 0)
-        total["clusters_per_key"] = (
-            sum(s["clusters_per_key"] * s["clustered_keys"] for s in shards) / clustered if clustered else 0.0
-        )
-        cv = total.get("clustered_vectors", 0)
-        total["noise_frac"] = sum(s["noise_frac"] * s["clustered_vectors"] for s in shards) / cv if cv else 0.0
-        total["bytes_per_vector"] = (
-            sum(s["bytes_per_vector"] * s["vectors"] for s in shards) / total["vectors"] if total["vectors"] else 0.0
-        )
-        for base in ("assign_latency_ms", "assign_ms", "recluster_ms"):
-            n = total.pop(f"{base}_n")
-            total[f"{base}_mean"] = total[f"{base}_sum"] / n if n else 0.0
-        rollouts = total.get("rollouts", 0)
-        total["frac_penalized"] = total.get("penalized", 0) / rollouts if rollouts else 0.0
-        total["no_feature_frac"] = total.get("rejected_no_feature", 0) / rollouts if rollouts else 0.0
-        return total
-
-    def snapshot(self, directory: str, step: int | None = None) -> str:
-        """Save all shards under `directory` (a manifest, written last, makes it valid)."""
-        os.makedirs(directory, exist_ok=True)
-        names = [f"shard-{i:05d}-of-{self.num_shards:05d}.npz" for i in range(self.num_shards)]
-        infos = ray.get([a.snapshot.remote(os.path.join(directory, n)) for a, n in zip(self.actors, names)])
-        _write_json(
-            os.path.join(directory, MANIFEST),
-            {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "num_shards": self.num_shards,
-             "files": names, "step": step, "vectors": sum(i["vectors"] for i in infos), "time": time.time()},
-        )
-        return directory
-
-    def restore(self, directory: str):
-        """Load a snapshot written by `snapshot` (any shard count) into the running shards."""
-        path = os.path.join(directory, MANIFEST)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no MEDS memory snapshot in {directory} (missing {MANIFEST})")
-        try:
-            with open(path) as f:
-                manifest = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"corrupt MEDS memory manifest {path}: {e}") from e
-        if manifest.get("format") != SNAPSHOT_FORMAT or manifest.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"{path} is not a MEDS memory snapshot of version {SNAPSHOT_VERSION}")
-        files = [os.path.join(directory, n) for n in manifest["files"]]
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise FileNotFoundError(f"MEDS memory snapshot {directory} is incomplete: missing {missing}")
-        ray.get([a.restore.remote(files) for a in self.actors])
-        return manifest
-
-    def shutdown(self):
-        for a in self.actors:
-            ray.kill(a, no_restart=True)

@@ -50,7 +50,8 @@ def test_write_task_files(tmp_path):
         ("\\boxed{6} no, \\boxed{7}", "7", 1.0),  # the last box counts
         ("3 + 4 = 7", "7", 0.0),  # no box
         ("\\boxed{7", "7", 0.0),  # unclosed
-        ("\\boxed{\\frac{14}{2}}", "7", 0.0),  # not an integer
+        ("\\boxed{\\frac{14}{2}}", "7", 1.0),  # equal as numbers (math-verify)
+        ("\\boxed{7.5}", "7", 0.0),
     ],
 )
 def test_score(response, label, expected):

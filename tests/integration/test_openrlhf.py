@@ -27,13 +27,14 @@ def test_every_replaced_name_exists_and_has_a_readme_row(name):
 @pytest.mark.parametrize(
     "config, expected",
     [
-        (MedsConfig(enable=False), {openrlhf.HIERARCHIZE}),
-        (MedsConfig(), {openrlhf.HIERARCHIZE, openrlhf.PPO_TRAINER, openrlhf.ROLLOUT_ACTOR}),
-        (MedsConfig(feature_source="actor"), {openrlhf.HIERARCHIZE, openrlhf.PPO_TRAINER, openrlhf.POLICY_ACTOR}),
+        (MedsConfig(enable=False), set()),
+        (MedsConfig(), {openrlhf.PPO_TRAINER, openrlhf.ROLLOUT_ACTOR}),
+        (MedsConfig(feature_source="actor"), {openrlhf.PPO_TRAINER, openrlhf.POLICY_ACTOR}),
     ],
 )
 def test_replacements_replace_only_listed_names(config, expected):
-    assert set(openrlhf.replacements(config)) == expected
+    always = {openrlhf.HIERARCHIZE, openrlhf.EVAL_METRICS}  # the baseline gets the same checks and eval metrics
+    assert set(openrlhf.replacements(config)) == always | expected
 
 
 def test_replaced_restores_the_originals():
@@ -52,3 +53,34 @@ def test_version_mismatch_names_the_package():
     openrlhf.check_versions()  # the installed versions are the ones the replacements were read in
     with pytest.raises(RuntimeError, match=r"openrlhf==9\.9 \(found 0\.11\.2\)"):
         openrlhf.check_versions({"openrlhf": "9.9"})
+
+
+def test_training_eval_logs_unbiased_pass_at_k_from_raw_scores():
+    """OpenRLHF's evaluate() looks compute_eval_metrics up by name; ours adds pass@k from the
+    raw scores (the rewards below are shaped-looking on purpose and must not be used)."""
+    import inspect
+    from fractions import Fraction
+    from math import comb
+
+    import torch
+    from openrlhf.trainer import ppo_trainer
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    from openrlhf_meds.integration.eval_metrics import with_pass_at_k
+
+    assert "logs = compute_eval_metrics(self.eval_dataloader, samples_list" in inspect.getsource(ppo_trainer)
+    n = 4
+    verdicts = {"p1": [1, 0, 0, 0], "p2": [0, 0, 0, 0], "q1": [1, 1, 0, 1]}
+    loader = [(["aime", "aime"], ["p1", "p2"], ["1", "2"], [None, None]), (["amc"], ["q1"], ["3"], [None])]
+    samples = [
+        Experience(prompts=[p], scores=torch.tensor([float(v)]), rewards=torch.tensor([v - 0.3]))
+        for p, vs in verdicts.items()
+        for v in vs
+    ]
+    logs = with_pass_at_k(ppo_trainer.compute_eval_metrics)(loader, samples, n)
+    for k in (1, 2, 4):
+        aime = [1 - Fraction(comb(n - c, k), comb(n, k)) for c in (1, 0)]
+        assert logs[f"eval_aime_pass@{k}"] == pytest.approx(float(sum(aime) / 2))
+        assert logs[f"eval_amc_pass@{k}"] == pytest.approx(float(1 - Fraction(comb(1, k), comb(4, k))))
+    assert logs["eval_aime_mean@4"] == pytest.approx(1 / 8)
+    assert "eval_aime_pass1" in logs  # OpenRLHF's own metrics stay

@@ -1,19 +1,164 @@
-"""The MEDS rollout engine's helpers and its contract with OpenRLHF's rollout internals
-(the end-to-end run in tests/test_e2e.py exercises the engine itself)."""
+"""The MEDS rollout engine (`--meds.feature_source vllm`): its tags travel through OpenRLHF's
+response dicts into the trainer's experiences; its helpers; its contract with OpenRLHF's
+rollout internals (the end-to-end run in tests/test_e2e.py exercises it with vLLM)."""
 
+import asyncio
 import inspect
+import random
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
 from openrlhf_meds.cpu import patches
 
 patches.install()  # CPU machine: flash-attn fallback for OpenRLHF's imports
 
+from openrlhf.trainer.ppo_utils.experience import Experience  # noqa: E402
+from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController  # noqa: E402
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator  # noqa: E402
 from openrlhf.trainer.ray.vllm_engine import RolloutRayActor  # noqa: E402
 from openrlhf.utils.agent import SingleTurnAgentExecutor  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
 
-from openrlhf_meds.integration.rollout_actor import GROUP_ID, prompt_key, response_ids  # noqa: E402
+from openrlhf_meds.demo.task import EOS, REWARD_FILE, format_prompt  # noqa: E402
+from openrlhf_meds.integration.rollout_actor import (  # noqa: E402
+    GROUP_ID,
+    HAS_FEATURE,
+    ROLLOUT,
+    MedsRolloutActor,
+    prompt_key,
+    response_ids,
+)
+from openrlhf_meds.integration.trainer import MedsExperienceMaker  # noqa: E402
+from openrlhf_meds.meds import MedsConfig  # noqa: E402
+
+PAD = 151643
+
+
+class ScriptedLLM:
+    """Stands in for vLLM's AsyncLLMEngine in generation: each prompt's next scripted text."""
+
+    def __init__(self, tokenizer, script: dict[str, list[str]]):
+        self.tokenizer = tokenizer
+        self.script = {tuple(tokenizer.encode(p)): list(texts) for p, texts in script.items()}
+
+    async def generate(self, prompt, sampling_params, request_id):
+        text = self.script[tuple(prompt["prompt_token_ids"])].pop(0)
+        out = SimpleNamespace(token_ids=self.tokenizer.encode(text), text=text, finish_reason="stop", logprobs=None)
+        yield SimpleNamespace(outputs=[out])
+
+
+class RecordingMemory:
+    """Stands in for MemoryClient: records submissions; each group's penalty for rollout i is
+    (group number + 1) / 10 + i / 100, so a penalty names the group and rollout it was meant for."""
+
+    def __init__(self):
+        self.groups = []
+
+    def submit(self, key, step, features, correct):
+        self.groups.append(SimpleNamespace(key=key, step=step, features=features, correct=correct))
+
+        async def ack():
+            return None
+
+        return 1000 + len(self.groups) - 1, ack()
+
+    def fetch(self, group_ids):
+        return [(np.ones(len(self.groups[g - 1000].correct)), self.penalties(g - 1000)) for g in group_ids]
+
+    def penalties(self, g):
+        return (g + 1) / 10 + np.arange(len(self.groups[g].correct)) / 100
+
+
+def fake_rollout_features(calls):
+    """Stands in for the vLLM re-prefill: feature [answer digit, response length], NaN without
+    a \\boxed{} answer; records what the engine asked for."""
+
+    async def rollout_features(llm, tokenizer, prompt_ids, response_ids, config, num_layers):
+        calls.append((prompt_ids, response_ids))
+        feats = np.full((len(response_ids), 2), np.nan, np.float32)
+        for i, ids in enumerate(response_ids):
+            text = tokenizer.decode(ids)
+            if "\\boxed{" in text:
+                feats[i] = [float(text.split("\\boxed{")[1][0]), len(ids)]
+        return feats
+
+    return rollout_features
+
+
+def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer, monkeypatch):
+    """MedsRolloutActor.generate_responses over OpenRLHF's own generate_responses,
+    SingleTurnAgentExecutor and the demo's reward file (vLLM's generation scripted): a training
+    group is submitted and its rollouts tagged; OpenRLHF turns the tags into Experience.info;
+    the MEDS experience maker gives each rollout its own penalty after the rollouts were
+    shuffled into micro-batches. A group dynamic filtering will drop and an evaluation group
+    are tagged but not submitted."""
+    tok = qwen_tokenizer
+    boxed = lambda a: f"So \\boxed{{{a}}}.{EOS}"
+    prompts = {  # prompt -> (label, scripted responses)
+        "train": (format_prompt("What is 2 + 3?"), "5", [boxed(5), boxed(6), "No idea." + EOS, boxed(5)]),
+        "filtered": (format_prompt("What is 4 + 4?"), "8", [boxed(8)] * 4),  # all right: mean score 1
+        "eval": (format_prompt("What is 1 + 1?"), "2", [boxed(3), boxed(2), boxed(2), boxed(2)]),
+    }
+    calls, memory = [], RecordingMemory()
+    monkeypatch.setattr("openrlhf_meds.engine.client.rollout_features", fake_rollout_features(calls))
+    engine = object.__new__(MedsRolloutActor.__ray_metadata__.modified_class)
+    # What MedsRolloutActor.__init__ and RolloutRayActor.__init__ set, minus the vLLM engine.
+    engine.meds, engine.meds_num_layers, engine.meds_step, engine.meds_submit = MedsConfig(), 16, 0, True
+    engine.executor = SingleTurnAgentExecutor(REWARD_FILE)
+    engine._mm_pad_token_ids = None
+    engine.llm = ScriptedLLM(tok, {p: texts for p, _, texts in prompts.values()})
+    engine.meds_setup(memory, filter_range=[0.0, 1.0])  # --algo.dynamic_filtering_enable, its default range
+
+    def generate(name):
+        prompt, label, texts = prompts[name]
+        params = SamplingParams(max_tokens=16, temperature=1.0)
+        return asyncio.run(engine.generate_responses(prompt, label, params, 256, tok, num_samples=len(texts)))
+
+    engine.meds_set_step(3)
+    responses = {name: generate(name) for name in ("train", "filtered")}
+    engine.meds_set_step(3, submit=False)  # MedsPPOTrainer.evaluate
+    responses["eval"] = generate("eval")
+
+    # Only the training group reached the memory, with its verdicts, rows in rollout order,
+    # and (prompt ids, generated ids) split as the executor built them.
+    (group,) = memory.groups
+    assert group.key == prompt_key(prompts["train"][0]) and group.step == 3
+    np.testing.assert_array_equal(group.correct, [True, False, False, True])
+    np.testing.assert_array_equal(group.features[:, 0], [5, 6, np.nan, 5])
+    assert [tok.decode(g) for g in calls[0][1]] == prompts["train"][2]
+    assert all(tok.decode(p) == prompts["train"][0] for p in calls[0][0])
+    assert len(calls) == 2  # the filtered group's features were computed (no eval features)
+
+    # OpenRLHF's response -> Experience: the tags are per-sample info tensors, next to the
+    # reward file's own extra_logs ("boxed").
+    samples = {
+        name: [SamplesGenerator._process_response_into_experience(None, r, max_len=256) for r in rs]
+        for name, rs in responses.items()
+    }
+    expected = {"train": (1000, [1, 1, 0, 1]), "filtered": (-1, [1, 1, 1, 1]), "eval": (-1, [0, 0, 0, 0])}
+    for name, (gid, has_feature) in expected.items():
+        for i, s in enumerate(samples[name]):
+            assert (s.info[GROUP_ID].item(), s.info[ROLLOUT].item(), s.info[HAS_FEATURE].item()) == (
+                gid, i, has_feature[i]), (name, i)
+            assert "boxed" in s.info
+
+    # Shuffled into two micro-batches (as dynamic batching does), then shaped: each rollout
+    # gets its own penalty from the fetched group; untracked groups get none.
+    order = [(n, i) for n in ("train", "filtered") for i in range(4)]
+    random.Random(0).shuffle(order)
+    batches = [Experience.concat_experiences([samples[n][i] for n, i in order[k : k + 4]], PAD) for k in (0, 4)]
+    args = SimpleNamespace(algo=SimpleNamespace(advantage=SimpleNamespace(estimator="group_norm")))
+    maker = MedsExperienceMaker(None, None, None, None, FixedKLController(0.0), SimpleNamespace(args=args), None,
+                                meds=MedsConfig(), memory=memory)
+    metrics = maker.shape_rewards(batches)
+    got = dict(zip(order, torch.cat([b.info["meds_penalty"] for b in batches]).tolist()))
+    want = dict(zip(order, [0.0] * 8))
+    want.update({("train", i): p for i, p in enumerate(memory.penalties(0))})
+    assert got == pytest.approx(want)
+    assert metrics["meds/no_feature_frac"] == pytest.approx(1 / 8)
 
 
 def test_prompt_key_is_a_stable_hash_of_the_text():
@@ -42,4 +187,3 @@ def test_openrlhf_rollout_internals_the_engine_relies_on():
     # ... and extra_logs become per-sample Experience.info tensors (where the group id travels).
     src = inspect.getsource(SamplesGenerator._process_response_into_experience)
     assert 'extra_logs = response.get("extra_logs", {})' in src and "info[key] = torch.tensor([value])" in src
-    assert GROUP_ID.startswith("meds_")

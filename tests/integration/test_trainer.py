@@ -21,7 +21,7 @@ from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController  # noqa: 
 
 from openrlhf_meds.integration.openrlhf import run_train_ppo_ray  # noqa: E402
 from openrlhf_meds.meds import MedsConfig, group_advantages, shape_rewards  # noqa: E402
-from openrlhf_meds.memory.actor import MemoryClient  # noqa: E402
+from openrlhf_meds.memory.client import MemoryClient  # noqa: E402
 from openrlhf_meds.integration.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT  # noqa: E402
 from openrlhf_meds.integration.trainer import MedsExperienceMaker  # noqa: E402
 

@@ -1,10 +1,16 @@
 import argparse
+import dataclasses
+import os
+import re
 
 import pytest
 import yaml
 
 from openrlhf_meds.meds import MedsConfig, add_meds_args, config_from_args, list_presets, load_preset, resolve_config
-from openrlhf_meds.meds.config import preset_for_model
+from openrlhf_meds.meds.config import CONFLICTS, KNOBS, default_text, preset_for_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOC = os.path.join(REPO, "docs", "configuration.md")
 
 
 def parse(argv, model_path=None):
@@ -14,7 +20,15 @@ def parse(argv, model_path=None):
 
 def test_defaults_are_the_official_run():
     c = MedsConfig()
-    assert (c.alpha, c.beta, c.layers, c.target, c.assignment, c.noise, c.knn_k) == (0.1, 0.2, 14, "wrong", "knn_prev", "cluster", 3)
+    assert (c.alpha, c.beta, c.layers, c.target, c.assignment, c.noise, c.knn_k) == (
+        0.1,
+        0.2,
+        14,
+        "wrong",
+        "knn_prev",
+        "cluster",
+        3,
+    )
 
 
 @pytest.mark.parametrize(
@@ -34,6 +48,9 @@ def test_defaults_are_the_official_run():
         ({"snapshot_interval": -1}, "--meds.snapshot_interval"),
         ({"feature_source": "hf"}, "--meds.feature_source"),
         ({"filtered_into_memory": "yes"}, "--meds.filtered_into_memory"),
+        ({"alpha": float("inf")}, "--meds.alpha"),
+        ({"seed": -1}, "--meds.seed"),
+        ({"memory_dir": None}, "--meds.memory_dir"),
     ],
 )
 def test_invalid_values_name_the_flag(kwargs, flag):
@@ -80,3 +97,128 @@ def test_command_line_flags():
         parser.parse_args(["--meds.enable", "maybe"])
     with pytest.raises(ValueError, match="--meds.alpha"):
         parse(["--meds.alpha", "-1"])
+
+
+def helps() -> dict[str, str]:
+    """--meds.<name> -> its help, whitespace as one space."""
+    parser = add_meds_args(argparse.ArgumentParser())
+    return {
+        a.option_strings[0]: " ".join(a.help.split())
+        for a in parser._actions
+        if a.option_strings[0].startswith("--meds.")
+    }
+
+
+def test_every_field_has_a_flag_whose_help_names_its_default():
+    shown = {"memory_dir": "empty: a fresh temporary directory", "preset": "detected from --actor.model_name_or_path"}
+    found = helps()
+    assert set(found) == {f"--meds.{f.name}" for f in dataclasses.fields(MedsConfig)}
+    for f in dataclasses.fields(MedsConfig):
+        expected = shown.get(f.name) or (str(f.default).lower() if isinstance(f.default, bool) else str(f.default))
+        assert f"(default {expected}" in found[f"--meds.{f.name}"], f.name
+    assert (
+        "penalty slope: a rollout in a past-error cluster of size |C| loses min(alpha*ln(|C|+1), beta)"
+        in (found["--meds.alpha"])
+    )
+    assert "a number >= 0 and finite (default 0.1)" in found["--meds.alpha"]
+    assert "an integer in [1, 1024] (default 1)" in found["--meds.memory_shards"]
+
+
+@pytest.mark.parametrize("name", [n for n, k in KNOBS.items() if k.kind == "choice"])
+def test_the_choices_the_help_lists_are_the_accepted_values(name):
+    listed = re.search(r"one of (\S+) \(default", helps()[f"--meds.{name}"]).group(1).split("|")
+    assert listed == list(KNOBS[name].choices)
+    for value in listed:
+        assert getattr(parse([f"--meds.{name}", value]), name) == value
+    with pytest.raises(ValueError, match=f"--meds.{name}: must be one of {'[|]'.join(listed)}, got 'kmeans'"):
+        MedsConfig(**{name: "kmeans"})
+
+
+@pytest.mark.parametrize(
+    "name, accepted, refused",
+    [("memory_shards", [1, 1024], [0, 1025]), ("memory_bound", [0, 2], [1, -1]), ("layers", [1, "half"], [0, "all"])],
+)
+def test_the_range_the_help_gives_is_the_range_validated(name, accepted, refused):
+    rng = KNOBS[name].range_text()
+    assert rng in helps()[f"--meds.{name}"]
+    for value in accepted:
+        assert getattr(MedsConfig(**{name: value}), name) == value
+    for value in refused:
+        with pytest.raises(ValueError, match=re.escape(f"--meds.{name}: must be {rng}, got {value!r}")):
+            MedsConfig(**{name: value})
+
+
+# (flags, the refused flag and value, the flag and value it has no effect with)
+REFUSED = [
+    ("--meds.assignment joint --meds.clustering random", "--meds.assignment joint", "--meds.clustering random"),
+    ("--meds.assignment joint --meds.clustering single", "--meds.assignment joint", "--meds.clustering single"),
+    ("--meds.assignment knn_prev --meds.clustering single", "--meds.assignment knn_prev", "--meds.clustering single"),
+    ("--meds.knn_k 5 --meds.assignment joint", "--meds.knn_k 5", "--meds.assignment joint"),
+    ("--meds.knn_k 3 --meds.assignment joint", "--meds.knn_k 3", "--meds.assignment joint"),
+    ("--meds.knn_k 5 --meds.clustering random", "--meds.knn_k 5", "--meds.clustering random"),
+    ("--meds.noise zero --meds.clustering single", "--meds.noise zero", "--meds.clustering single"),
+    ("--meds.seed 1", "--meds.seed 1", "--meds.clustering exact"),
+    ("--meds.seed 1 --meds.clustering hdbscan", "--meds.seed 1", "--meds.clustering hdbscan"),
+    ("--meds.filtered_into_memory --meds.feature_source actor", "--meds.filtered_into_memory true",
+     "--meds.feature_source actor"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, flag, other", REFUSED)
+def test_refused_combinations_name_both_flags(argv, flag, other):
+    with pytest.raises(ValueError, match=re.escape(f"{flag} has no effect with {other}: ")):
+        parse(argv.split())
+
+
+def test_every_conflict_rule_is_exercised():
+    pairs = {(f.split()[0], o.split()[0]) for _, f, o in REFUSED}
+    assert pairs == {(f"--meds.{r.knob}", f"--meds.{r.other}") for r in CONFLICTS}
+    found = helps()
+    for r in CONFLICTS:  # the help says what the validation refuses
+        assert f"--meds.{r.other} {'|'.join(str(v) for v in r.other_values)}" in found[f"--meds.{r.knob}"]
+
+
+def test_combinations_where_every_value_acts_are_accepted(tmp_path):
+    c = parse(["--meds.seed", "7", "--meds.clustering", "random", "--meds.noise", "zero"])
+    assert (c.seed, c.clustering, c.noise) == (7, "random", "zero")
+    c = parse(["--meds.knn_k", "5", "--meds.clustering", "hdbscan", "--meds.assignment", "knn_prev"])
+    assert (c.knn_k, c.clustering) == (5, "hdbscan")
+    assert parse(["--meds.assignment", "joint", "--meds.noise", "zero"]).assignment == "joint"
+    assert parse(["--meds.filtered_into_memory", "--meds.feature_source", "vllm"]).filtered_into_memory is True
+    # The switches leave the other flags as they are, so one command line serves both runs.
+    assert parse(["--meds.enable", "false", "--meds.alpha", "0.3", "--meds.knn_k", "5"]).alpha == 0.3
+    assert parse(["--meds.target", "none", "--meds.alpha", "0.3"]).target == "none"
+
+
+def test_only_given_values_count_as_given(tmp_path):
+    """A preset's or a default's value never makes a flag refused, and a resolved config
+    rebuilds from its dict (as the Ray actors do)."""
+    custom = tmp_path / "k5.yaml"
+    custom.write_text("knn_k: 5\n")
+    c = parse(["--meds.preset", str(custom), "--meds.assignment", "joint"])
+    assert (c.knn_k, c.assignment) == (5, "joint")
+    assert MedsConfig(**c.to_dict()) == c
+    assert MedsConfig(assignment="joint", knn_k=5).knn_k == 5  # Python values are not flags
+    with pytest.raises(ValueError, match="--meds.assignment joint has no effect with --meds.clustering single"):
+        MedsConfig(assignment="joint", clustering="single")  # a contradiction, whoever set it
+    for name in list_presets():
+        for clustering in ("exact", "hdbscan", "random", "single"):
+            assert resolve_config({"clustering": clustering}, preset=name).clustering == clustering
+
+
+def test_docs_describe_every_flag_and_refused_combination():
+    text = open(DOC).read()
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"\| `(--meds\.\w+)` \|", line)
+        if m:
+            rows[m.group(1)] = line.replace("\\|", "|").replace("`", "")
+    for name, knob in KNOBS.items():
+        assert f"--meds.{name}" in rows, name
+        assert knob.range_text() in rows[f"--meds.{name}"], name
+        assert rows[f"--meds.{name}"].endswith(f"| {default_text(name)} |"), name
+    refused = text[text.index("## Refused combinations") :]
+    for rule in CONFLICTS:
+        assert re.search(f"`--meds.{rule.knob}[^|]*\\| `--meds.{rule.other}", refused), (rule.knob, rule.other)
+    for preset in list_presets():
+        assert f"| `{preset}` |" in text

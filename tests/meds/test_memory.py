@@ -74,12 +74,17 @@ def test_joint_assignment_counts_the_new_rollouts_cluster():
 
 def test_single_and_random_ablations():
     steps = clustered_steps(4, steps=3)
-    mem, single = run(MedsConfig(clustering="single", target="both"), steps)
-    stored_before = 2 * 10  # two steps of one prompt's rollouts, split by verdict
+    _, single = run(MedsConfig(clustering="single", target="both"), steps)
     keys, _, correct = steps[2]
-    expected = [sum(1 for s in steps[:2] for k2, c2 in zip(s[0], s[2]) if k2 == k and c2 == c) for k, c in zip(keys, correct)]
+    # count-based: |C| is the number of earlier rollouts of the same prompt and verdict
+    expected = np.array(
+        [sum(1 for s in steps[:2] for k2, c2 in zip(s[0], s[2]) if k2 == k and c2 == c) for k, c in zip(keys, correct)]
+    )
     np.testing.assert_array_equal(single[2][0], expected)
-    assert sum(expected[:10]) <= stored_before * 10
+    # ... of those the memory still holds: with a bound, the evicted ones no longer count
+    _, bounded = run(MedsConfig(clustering="single", target="both", memory_bound=12), steps)
+    assert (expected > 12).any() and (expected <= 12).any()
+    np.testing.assert_array_equal(bounded[2][0], np.minimum(expected, 12))
     _, rnd1 = run(MedsConfig(clustering="random", seed=1, target="both"), steps)
     _, rnd2 = run(MedsConfig(clustering="random", seed=1, target="both"), steps)
     np.testing.assert_array_equal(rnd1[2][0], rnd2[2][0])  # seeded

@@ -11,15 +11,21 @@ import pytest
 import ray
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
-from openrlhf_meds.memory.actor import MemoryClient, new_group_id, shard_of
+from openrlhf_meds.memory.client import MemoryClient, new_group_id, shard_of
 
 D, N = 6, 8  # feature width, rollouts per group
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    ray.init(num_cpus=2, num_gpus=0, object_store_memory=80 * 1024**2, include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": {"NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", "")}})
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        object_store_memory=80 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", "")}},
+    )
     yield
     ray.shutdown()
 
@@ -45,7 +51,8 @@ def sync_results(cfg, steps):
     mem, out = ErrorMemory(cfg), []
     for groups in steps:
         sizes, pens = mem.step(
-            [k for k, f, _ in groups for _ in f], np.concatenate([f for _, f, _ in groups]),
+            [k for k, f, _ in groups for _ in f],
+            np.concatenate([f for _, f, _ in groups]),
             np.concatenate([c for _, _, c in groups]),
         )
         out.append((np.split(sizes, len(groups)), np.split(pens, len(groups))))

@@ -1,0 +1,138 @@
+"""`MemoryClient`: starts the MemoryActor shards and routes calls to them; group ids.
+
+A prompt key lives on shard `shard_of(key, K)` (a stable hash), and a group id carries its
+shard in its low bits (`new_group_id`), so anyone holding it can fetch the penalties.
+The client is picklable: rollout workers hold one and submit their groups directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+from collections.abc import Hashable, Sequence
+
+import ray
+
+from ..meds.config import MAX_SHARDS, MedsConfig
+from .wal import read_manifest, snapshot_files, write_manifest
+
+SHARD_BITS = (MAX_SHARDS - 1).bit_length()
+
+
+def shard_of(prompt_key: Hashable, num_shards: int) -> int:
+    """The shard holding `prompt_key` (stable across processes and runs, unlike hash())."""
+    digest = hashlib.blake2b(f"{type(prompt_key).__name__}:{prompt_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % num_shards
+
+
+def new_group_id(prompt_key: Hashable, num_shards: int) -> int:
+    """A fresh group id (a non-negative int64) that routes to the key's shard."""
+    return (secrets.randbits(62 - SHARD_BITS) << SHARD_BITS) | shard_of(prompt_key, num_shards)
+
+
+class MemoryClient:
+    """Routes groups to MemoryActor shards; picklable, so rollout workers can hold one."""
+
+    def __init__(self, actors: list, num_shards: int, state_dir: str):
+        self.actors, self.num_shards, self.state_dir = actors, num_shards, state_dir
+
+    @classmethod
+    def start(cls, config: MedsConfig, num_cpus: float = 1, name: str | None = None) -> MemoryClient:
+        """Start `config.memory_shards` MemoryActors (CPU only), preferring this (the
+        driver's, usually the head) node, restarted by Ray if their process dies."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .actor import MemoryActor  # actor.py imports shard_of from here
+
+        state_dir = config.memory_dir or tempfile.mkdtemp(prefix="openrlhf_meds_memory_")
+        here = ray.get_runtime_context().get_node_id()
+        actor_cls = ray.remote(MemoryActor)
+        actors = [
+            actor_cls.options(
+                num_cpus=num_cpus,
+                num_gpus=0,
+                max_restarts=-1,
+                max_task_retries=-1,
+                name=f"{name}-{i}" if name else None,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True),
+            ).remote(config.to_dict(), i, config.memory_shards, state_dir)
+            for i in range(config.memory_shards)
+        ]
+        return cls(actors, config.memory_shards, state_dir)
+
+    def new_group_id(self, prompt_key) -> int:
+        """A fresh group id for `prompt_key`, routed to its shard."""
+        return new_group_id(prompt_key, self.num_shards)
+
+    def submit(self, prompt_key, step: int, features, correct, group_id: int | None = None):
+        """Send one group; returns (group id, ObjectRef of the acknowledgement). Await or
+        ray.get the ref to see validation errors."""
+        gid = self.new_group_id(prompt_key) if group_id is None else int(group_id)
+        actor = self.actors[gid & (MAX_SHARDS - 1)]
+        return gid, actor.submit.remote(gid, prompt_key, step, features, correct)
+
+    def fetch_refs(self, group_ids: Sequence[int], timeout: float | None = None) -> dict:
+        """ObjectRefs per shard: {shard: (ref, positions)}; see `fetch`."""
+        by_shard: dict[int, list[int]] = {}
+        for pos, gid in enumerate(group_ids):
+            by_shard.setdefault(int(gid) & (MAX_SHARDS - 1), []).append(pos)
+        return {
+            s: (self.actors[s].fetch.remote([int(group_ids[p]) for p in pos], timeout), pos)
+            for s, pos in by_shard.items()
+        }
+
+    def fetch(self, group_ids: Sequence[int], timeout: float | None = 600.0) -> list:
+        """(cluster sizes, penalties) of each group in order (None: lost in a crash)."""
+        out: list = [None] * len(group_ids)
+        for ref, positions in self.fetch_refs(group_ids, timeout).values():
+            for p, result in zip(positions, ray.get(ref)):
+                out[p] = result
+        return out
+
+    def flush(self, timeout: float | None = 600.0):
+        """Wait (at most `timeout` s) until every shard's queued work is done."""
+        ray.get([a.flush.remote() for a in self.actors], timeout=timeout)
+
+    def stats(self, reset: bool = True) -> dict:
+        """Statistics over all shards (sums, and means weighted as over one memory)."""
+        shards = ray.get([a.stats.remote(reset) for a in self.actors])
+        total = {k: sum(s.get(k, 0) for s in shards) for k in set().union(*shards) if k != "shard"}
+        for k in [k for k in total if k.endswith("_max")]:
+            total[k] = max(s.get(k, 0) for s in shards)
+        clustered = total.get("clustered_keys", 0)
+        total["clusters_per_key"] = (
+            sum(s["clusters_per_key"] * s["clustered_keys"] for s in shards) / clustered if clustered else 0.0
+        )
+        cv = total.get("clustered_vectors", 0)
+        total["noise_frac"] = sum(s["noise_frac"] * s["clustered_vectors"] for s in shards) / cv if cv else 0.0
+        total["bytes_per_vector"] = (
+            sum(s["bytes_per_vector"] * s["vectors"] for s in shards) / total["vectors"] if total["vectors"] else 0.0
+        )
+        for base in ("assign_latency_ms", "assign_ms", "recluster_ms"):
+            n = total.pop(f"{base}_n")
+            total[f"{base}_mean"] = total[f"{base}_sum"] / n if n else 0.0
+        rollouts = total.get("rollouts", 0)
+        total["frac_penalized"] = total.get("penalized", 0) / rollouts if rollouts else 0.0
+        total["no_feature_frac"] = total.get("rejected_no_feature", 0) / rollouts if rollouts else 0.0
+        return total
+
+    def snapshot(self, directory: str, step: int | None = None) -> str:
+        """Save all shards under `directory` (a manifest, written last, makes it valid)."""
+        os.makedirs(directory, exist_ok=True)
+        names = snapshot_files(self.num_shards)
+        infos = ray.get([a.snapshot.remote(os.path.join(directory, n)) for a, n in zip(self.actors, names)])
+        write_manifest(directory, names, step, sum(i["vectors"] for i in infos))
+        return directory
+
+    def restore(self, directory: str):
+        """Load a snapshot written by `snapshot` (any shard count) into the running shards."""
+        manifest, files = read_manifest(directory)
+        ray.get([a.restore.remote(files) for a in self.actors])
+        return manifest
+
+    def shutdown(self):
+        """Kill all shards (no restart)."""
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
