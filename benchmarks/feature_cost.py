@@ -27,8 +27,14 @@ def _model(args, path):
     from openrlhf_meds.demo.toy import make_tiny_qwen2
 
     if not os.path.exists(os.path.join(path, "config.json")):
-        make_tiny_qwen2(path, num_layers=args.num_layers, hidden_size=args.hidden_size, heads=args.hidden_size // 64,
-                        kv_heads=max(1, args.hidden_size // 128), head_dim=64)
+        make_tiny_qwen2(
+            path,
+            num_layers=args.num_layers,
+            hidden_size=args.hidden_size,
+            heads=args.hidden_size // 64,
+            kv_heads=max(1, args.hidden_size // 128),
+            head_dim=64,
+        )
     return path
 
 
@@ -36,9 +42,9 @@ def engine_cost(args, path):
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from openrlhf_meds.meds.config import MedsConfig
-    from openrlhf_meds.engine.client import engine_kwargs, rollout_features_sync
     from openrlhf_meds.demo.toy import build_qwen_tokenizer
+    from openrlhf_meds.engine.client import engine_kwargs, rollout_features_sync
+    from openrlhf_meds.meds.config import MedsConfig
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     tokenizer = build_qwen_tokenizer()
@@ -73,16 +79,24 @@ def engine_cost(args, path):
     llm.llm_engine.engine_core.shutdown()
 
     n = args.rollouts
-    print(f"\n== vLLM engine ({args.dtype}, {args.num_layers} layers, hidden {args.hidden_size}, "
-          f"{n} rollouts of {args.prompt_len} prompt + {args.response_len} response tokens)")
-    print(f"generation, unpatched engine   {results['generate_unpatched_s']:8.2f} s  "
-          f"({1000 * results['generate_unpatched_s'] / n:7.1f} ms/rollout)")
-    print(f"generation, patched engine     {results['generate_patched_s']:8.2f} s  "
-          f"({1000 * results['generate_patched_s'] / n:7.1f} ms/rollout)")
+    print(
+        f"\n== vLLM engine ({args.dtype}, {args.num_layers} layers, hidden {args.hidden_size}, "
+        f"{n} rollouts of {args.prompt_len} prompt + {args.response_len} response tokens)"
+    )
+    print(
+        f"generation, unpatched engine   {results['generate_unpatched_s']:8.2f} s  "
+        f"({1000 * results['generate_unpatched_s'] / n:7.1f} ms/rollout)"
+    )
+    print(
+        f"generation, patched engine     {results['generate_patched_s']:8.2f} s  "
+        f"({1000 * results['generate_patched_s'] / n:7.1f} ms/rollout)"
+    )
     for cache in ("warm", "cold"):
         s = results[f"features_{cache}_cache_s"]
-        print(f"features, {cache} prefix cache     {s:8.2f} s  ({1000 * s / n:7.1f} ms/rollout, "
-              f"{100 * s / results['generate_patched_s']:5.1f}% of generation)")
+        print(
+            f"features, {cache} prefix cache     {s:8.2f} s  ({1000 * s / n:7.1f} ms/rollout, "
+            f"{100 * s / results['generate_patched_s']:5.1f}% of generation)"
+        )
 
 
 def _peak_child(args, path, method):
@@ -115,11 +129,15 @@ print(json.dumps((status("VmHWM") - before) / 1024))
 
 
 def memory_cost(args, path):
-    print(f"\n== HF feature extraction, peak memory growth over the loaded model ({args.mem_dtype}, "
-          f"{args.num_layers} layers, hidden {args.hidden_size}, vocabulary 151,936, 1 x {args.seq_len} tokens)")
-    for method, label in [("hooks", "forward hooks (response_features)"),
-                          ("inner_hidden_states", "output_hidden_states, inner model"),
-                          ("hidden_states", "output_hidden_states + logits (reference)")]:
+    print(
+        f"\n== HF feature extraction, peak memory growth over the loaded model ({args.mem_dtype}, "
+        f"{args.num_layers} layers, hidden {args.hidden_size}, vocabulary 151,936, 1 x {args.seq_len} tokens)"
+    )
+    for method, label in [
+        ("hooks", "forward hooks (response_features)"),
+        ("inner_hidden_states", "output_hidden_states, inner model"),
+        ("hidden_states", "output_hidden_states + logits (reference)"),
+    ]:
         print(f"{label:45s} {_peak_child(args, path, method):9.1f} MiB")
 
 

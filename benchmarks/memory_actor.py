@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 import ray
-
 from memory_step import depth_steps, scale_parser  # benchmarks/ is the script's directory
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
@@ -39,15 +38,27 @@ def save_as_snapshot(memory: ErrorMemory, directory: str):
     os.makedirs(directory, exist_ok=True)
     memory.save(os.path.join(directory, "shard-00000-of-00001.npz"))
     with open(os.path.join(directory, MANIFEST), "w") as f:
-        json.dump({"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "num_shards": 1,
-                   "files": ["shard-00000-of-00001.npz"], "step": None}, f)
+        json.dump(
+            {
+                "format": SNAPSHOT_FORMAT,
+                "version": SNAPSHOT_VERSION,
+                "num_shards": 1,
+                "files": ["shard-00000-of-00001.npz"],
+                "step": None,
+            },
+            f,
+        )
 
 
 def main():
     ap = scale_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--shards", type=int, default=1)
-    ap.add_argument("--stream-seconds", type=float, default=10.0,
-                    help="spread the step's submits over this long (generation; minutes on GPUs)")
+    ap.add_argument(
+        "--stream-seconds",
+        type=float,
+        default=10.0,
+        help="spread the step's submits over this long (generation; minutes on GPUs)",
+    )
     ap.add_argument("--no-reference", action="store_true", help="time the MemoryActor only")
     args = ap.parse_args()
 
@@ -58,9 +69,13 @@ def main():
     cfg = MedsConfig(memory_shards=args.shards, memory_dir=os.path.join(tmp, "state"), snapshot_interval=0)
     client = MemoryClient.start(cfg, num_cpus=1)
 
-    print(f"one step = {P} groups x {R} rollouts, d={d}, {args.shards} shard(s), submits over {args.stream_seconds:g} s")
-    header = (f"{'epoch':>5} {'vectors':>9} {'critical s':>11} {'ref step s':>11} {'ratio':>7} "
-              f"{'work s':>7} {'bg done s':>10} {'identical':>10}")
+    print(
+        f"one step = {P} groups x {R} rollouts, d={d}, {args.shards} shard(s), submits over {args.stream_seconds:g} s"
+    )
+    header = (
+        f"{'epoch':>5} {'vectors':>9} {'critical s':>11} {'ref step s':>11} {'ratio':>7} "
+        f"{'work s':>7} {'bg done s':>10} {'identical':>10}"
+    )
     print(header)
     print("-" * len(header))
     ref = None if args.no_reference else ReferenceMemory(approx_min_span_tree=False)
@@ -94,12 +109,19 @@ def main():
             t_ref = time.perf_counter() - t0
             differ = int((pens != pen_ref).sum())
             same = "yes" if differ == 0 else f"{differ} differ"
-            print(f"{e:>5} {stats['vectors']:>9} {critical:>11.3f} {t_ref:>11.2f} {t_ref / critical:>6.0f}x "
-                  f"{work:>7.2f} {bg_done:>10.2f} {same:>10}")
+            print(
+                f"{e:>5} {stats['vectors']:>9} {critical:>11.3f} {t_ref:>11.2f} {t_ref / critical:>6.0f}x "
+                f"{work:>7.2f} {bg_done:>10.2f} {same:>10}"
+            )
         else:
-            print(f"{e:>5} {stats['vectors']:>9} {critical:>11.3f} {'-':>11} {'-':>7} {work:>7.2f} {bg_done:>10.2f} {'-':>10}")
-    print(f"\nlast step: mean assignment latency {stats['assign_latency_ms_mean']:.1f} ms (max "
-          f"{stats['assign_latency_ms_max']:.1f}), {(pens > 0).mean():.2f} of its rollouts penalized")
+            print(
+                f"{e:>5} {stats['vectors']:>9} {critical:>11.3f} {'-':>11} {'-':>7} "
+                f"{work:>7.2f} {bg_done:>10.2f} {'-':>10}"
+            )
+    print(
+        f"\nlast step: mean assignment latency {stats['assign_latency_ms_mean']:.1f} ms (max "
+        f"{stats['assign_latency_ms_max']:.1f}), {(pens > 0).mean():.2f} of its rollouts penalized"
+    )
     client.shutdown()
     ray.shutdown()
 

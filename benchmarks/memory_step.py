@@ -77,7 +77,9 @@ def depth_steps(args, ref: ReferenceMemory | None = None, repeat_frac: float = 0
             filler.assign([keys[i] for i in p], feats, correct)
             if ref is not None:
                 for j in range(len(p)):
-                    ref.vectors.setdefault((keys[p[j]], bool(correct[j])), []).append(feats[j].astype(np.float64).tolist())
+                    ref.vectors.setdefault((keys[p[j]], bool(correct[j])), []).append(
+                        feats[j].astype(np.float64).tolist()
+                    )
             filled += 1
         if ref is not None:
             for key in ref.vectors:
@@ -112,8 +114,12 @@ def main():
     P, R, d = args.prompts, args.rollouts, args.dim
     cfg = MedsConfig()
 
-    print(f"one step = {P} prompts x {R} rollouts, d={d}, repeats {args.repeat_frac}; reference tree: {args.reference_tree}")
-    header = f"{'epoch':>5} {'vectors':>10} {'ref s/step':>11} {'ours s/step':>12} {'ratio':>7} {'identical':>10} {'B/vector':>9}"
+    print(
+        f"one step = {P} prompts x {R} rollouts, d={d}, repeats {args.repeat_frac}; "
+        f"reference tree: {args.reference_tree}"
+    )
+    columns = [("epoch", 5), ("vectors", 10), ("ref s/step", 11), ("ours s/step", 12), ("ratio", 7), ("identical", 10)]
+    header = " ".join(f"{name:>{width}}" for name, width in [*columns, ("B/vector", 9)])
     print(header)
     print("-" * len(header))
 
@@ -138,9 +144,11 @@ def main():
         else:
             print(f"{e:>5} {vectors:>10} {'-':>11} {t_ours:>12.3f} {'-':>7} {'-':>10} {bpv:>9.1f}")
     stats = ours.stats()
-    print(f"\nlast step: {int((pen_ours > 0).sum())} of {len(pen_ours)} rollouts penalized, "
-          f"{stats['clusters_per_key']:.1f} clusters per clustered key, noise fraction {stats['noise_frac']:.2f}, "
-          f"numbering-dependent vote ties {stats.get('vote_ties', 0)}, package fallbacks {stats.get('tie_fallbacks', 0)}")
+    print(
+        f"\nlast step: {int((pen_ours > 0).sum())} of {len(pen_ours)} rollouts penalized, "
+        f"{stats['clusters_per_key']:.1f} clusters per clustered key, noise fraction {stats['noise_frac']:.2f}, "
+        f"numbering-dependent vote ties {stats.get('vote_ties', 0)}, package fallbacks {stats.get('tie_fallbacks', 0)}"
+    )
 
 
 if __name__ == "__main__":

@@ -129,8 +129,10 @@ def part1(datasets: dict, extract, grade_answer) -> dict:
                 if v[who][i] < 0.5:
                     failures.append((name, r["id"], who, verify.extract_boxed(r["solution"]), r["answer"]))
     print("\nFailures (dataset, id, verifier, last box, label):\n")
-    for f in failures or [("-", "-", "none", "", "")]:
+    for f in failures:
         print(f"- {f[0]} {f[1]} {f[2]}: box {f[3]!r} vs label {f[4]!r}")
+    if not failures:
+        print("none")
     return verdicts
 
 

@@ -60,7 +60,7 @@ EXTRA_ARG = "meds_target"  # SamplingParams.extra_args key: (tag, y*)
 
 # This process's MEDS models, by id(vllm_config): the logits processor finds its model here
 # (the model runner passes the same VllmConfig object to both).
-_MODELS: "weakref.WeakValueDictionary[int, nn.Module]" = weakref.WeakValueDictionary()
+_MODELS: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
 
 
 def check_vllm_version(version: str | None = None) -> None:

@@ -25,16 +25,17 @@ def done_problems(rows: list[dict], n: int) -> set[tuple[str, str, str]]:
 
 
 def score_samples(responses: list[str], labels: list[str]) -> list[dict]:
-    """Verdict, extracted answer and timeout flag of each response (never raises)."""
-    from ..verify import extract_boxed, score_batch, stats
+    """Verdict, extracted answer and verifier status ("timeout" flagged) of each response."""
+    from ..verify import extract_boxed, score_batch
 
-    before = stats()["timeouts"]
-    verdicts = score_batch(responses, labels)
-    timed_out = stats()["timeouts"] - before
-    out = [{"extracted": extract_boxed(r), "verdict": float(v)} for r, v in zip(responses, verdicts)]
-    if timed_out:  # counted per batch: attribute them to the batch's first samples
-        for row in out[:timed_out]:
+    statuses: list = []
+    verdicts = score_batch(responses, labels, statuses=statuses)
+    out = []
+    for response, verdict, status in zip(responses, verdicts, statuses):
+        row = {"extracted": extract_boxed(response), "verdict": float(verdict)}
+        if status == "timeout":
             row["timeout"] = True
+        out.append(row)
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import deepspeed
 import numpy as np

@@ -5,8 +5,8 @@ engine actor and while other prompts keep generating, this subclass computes the
 MEDS features (`--meds.feature_source vllm`: a re-prefill on the same engine, see
 `openrlhf_meds.engine`), submits the group with its raw verdicts (score >= 0.5) to the
 MemoryActor, and tags every response with the group id so the trainer can fetch the
-penalties. With `--meds.feature_source actor` the features come later from the training
-forward and the trainer submits instead; the engine only tags the responses.
+penalties. It runs only with `--meds.feature_source vllm`; with `actor` OpenRLHF's own engines
+generate and the trainer submits the groups (`actor_features.py`).
 """
 
 from __future__ import annotations
@@ -51,12 +51,11 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
         model = kwargs["model"]
         hf_config = AutoConfig.from_pretrained(model, trust_remote_code=kwargs.get("trust_remote_code", False))
         self.meds_num_layers = hf_config.get_text_config().num_hidden_layers
-        if self.meds.feature_source == "vllm":
-            from ..engine.client import engine_kwargs
+        from ..engine.client import engine_kwargs
 
-            # The engine must be built as the MEDS model subclass, with the feature drain in
-            # its worker extension (a subclass of OpenRLHF's WorkerWrap: weight sync unchanged).
-            kwargs.update(engine_kwargs(model, self.meds, kwargs.get("trust_remote_code", False)))
+        # The engine must be built as the MEDS model subclass, with the feature drain in its
+        # worker extension (a subclass of OpenRLHF's WorkerWrap: weight sync unchanged).
+        kwargs.update(engine_kwargs(model, self.meds, kwargs.get("trust_remote_code", False)))
         await super().__init__(*args, **kwargs)  # OpenRLHF's __init__ is async (it awaits the engine)
 
     def meds_setup(self, memory: MemoryClient, filter_range=None):
@@ -75,7 +74,7 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
             prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=num_samples, images=images
         )
         gid, has_feature = -1, np.zeros(len(responses), bool)
-        if self.meds_submit and self.meds.feature_source == "vllm":
+        if self.meds_submit:
             if self.memory is None:
                 raise RuntimeError("MEDS rollout engine used before meds_setup() gave it the memory")
             gid, has_feature = await self._submit(prompt, responses, hf_tokenizer)
@@ -114,7 +113,7 @@ class MedsEngines:
     def __init__(self, config: MedsConfig, options: dict | None = None):
         self.config, self.opts = config, options or {}
 
-    def options(self, **options) -> "MedsEngines":
+    def options(self, **options) -> MedsEngines:
         return MedsEngines(self.config, options)
 
     def remote(self, *args, **kwargs):

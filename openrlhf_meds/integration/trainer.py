@@ -102,7 +102,7 @@ class MedsExperienceMaker(RemoteExperienceMaker):
         fetch_s = time.perf_counter() - t0
 
         raw, shaped, pens, sizes, verdicts = [], [], [], [], []
-        for e, (g, r, f), batch in zip(experiences, tags, gids):
+        for e, (_, r, _), batch in zip(experiences, tags, gids):
             pen = np.zeros(len(batch))
             size = np.zeros(len(batch))
             for j, (gid, i) in enumerate(zip(batch, r.long().tolist())):

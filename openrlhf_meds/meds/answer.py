@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -12,9 +13,7 @@ BRACE_WINDOW = 10  # the fallback looks for "{" in the "boxed" token and the 9 a
 # Per tokenizer: the token ids of "\\boxed{" and, for every vocabulary id, whether that
 # token's decoded text contains "boxed" / "{" (built once: decoding 150k tokens takes time,
 # and even len(tokenizer) costs ~70 ms in transformers 5, so it is not re-checked per call).
-_vocab_cache: "weakref.WeakKeyDictionary[Any, tuple[np.ndarray, np.ndarray, np.ndarray]]" = (
-    weakref.WeakKeyDictionary()
-)
+_vocab_cache: weakref.WeakKeyDictionary[Any, tuple[np.ndarray, np.ndarray, np.ndarray]] = weakref.WeakKeyDictionary()
 
 
 def _vocab_tables(tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -25,9 +24,7 @@ def _vocab_tables(tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # The Rust backend decodes the whole vocabulary ~10x faster than batch_decode; the
         # Python-side space clean-up it skips cannot add or remove "boxed" or "{".
         texts = (
-            backend.decode_batch(ids, skip_special_tokens=False)
-            if backend is not None
-            else tokenizer.batch_decode(ids)
+            backend.decode_batch(ids, skip_special_tokens=False) if backend is not None else tokenizer.batch_decode(ids)
         )
         pattern = np.asarray(tokenizer.encode("\\boxed{", add_special_tokens=False), dtype=np.int64)
         has_boxed = np.fromiter(("boxed" in t for t in texts), dtype=bool, count=len(texts))

@@ -9,7 +9,7 @@ target token, so the cost beyond a plain forward is O(layers x hidden) per rollo
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -110,8 +110,7 @@ def layer_logit_features(
     batch = input_ids.shape[0]
     if positions.shape != (batch,) or targets.shape != (batch,):
         raise ValueError(
-            f"positions and targets must have shape ({batch},), got "
-            f"{tuple(positions.shape)} and {tuple(targets.shape)}"
+            f"positions and targets must have shape ({batch},), got {tuple(positions.shape)} and {tuple(targets.shape)}"
         )
     if batch == 0:
         return torch.empty(0, n, device=device)

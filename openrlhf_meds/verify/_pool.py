@@ -68,7 +68,10 @@ class _Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._poll.poll(max(1, int(remaining * 1000))):
                 raise _Timeout
-            chunk = os.read(self._fd, 1 << 16)
+            try:
+                chunk = os.read(self._fd, 1 << 16)
+            except OSError:  # closed under us by Pool.close()
+                raise _Died from None
             if not chunk:
                 raise _Died
             self._buf += chunk

@@ -79,7 +79,10 @@ def test_contract_vllm_weight_update():
     # the last parameter of a sync is the one sent with empty_cache=True
     assert "empty_cache=count == num_params" in actor
     runner = _source("vllm", "v1/worker/gpu_model_runner.py")
-    assert "def reload_weights(\n        self,\n        weights_iterator: Iterable[tuple[str, torch.Tensor]] | None = None," in runner
+    signature = (
+        "def reload_weights(\n        self,\n        weights_iterator: Iterable[tuple[str, torch.Tensor]] | None"
+    )
+    assert signature + " = None," in runner
     assert "class CPUModelRunner(GPUModelRunner):" in _source("vllm", "v1/worker/cpu_model_runner.py")
 
 
@@ -187,4 +190,3 @@ def test_startup_installs_patches_in_a_fresh_process():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "startup patches ok" in result.stdout
-

@@ -8,10 +8,10 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-from openrlhf_meds.meds.config import MedsConfig
 from openrlhf_meds.engine import ARCHITECTURES
 from openrlhf_meds.engine import vllm_features as vf
 from openrlhf_meds.engine.client import engine_kwargs
+from openrlhf_meds.meds.config import MedsConfig
 
 
 def test_vllm_version_is_checked():
@@ -40,7 +40,9 @@ def test_aux_hidden_states_are_the_residual_stream():
     for model in (Qwen2Model, Qwen3Model, LlamaModel):
         assert issubclass(model, EagleModelMixin), model
         src = inspect.getsource(model.forward)
-        assert "_maybe_add_hidden_state(\n                aux_hidden_states, idx + 1, hidden_states, residual" in src, model
+        assert "_maybe_add_hidden_state(\n                aux_hidden_states, idx + 1, hidden_states, residual" in src, (
+            model
+        )
         assert "return hidden_states, aux_hidden_states" in src, model
         assert "self.norm(hidden_states, residual)" in src, model
 
@@ -50,13 +52,21 @@ def test_meds_models_wrap_the_vllm_models():
     from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
     from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 
-    for hf_name, base in [("Qwen2ForCausalLM", Qwen2ForCausalLM), ("Qwen3ForCausalLM", Qwen3ForCausalLM),
-                          ("LlamaForCausalLM", LlamaForCausalLM)]:
+    for hf_name, base in [
+        ("Qwen2ForCausalLM", Qwen2ForCausalLM),
+        ("Qwen3ForCausalLM", Qwen3ForCausalLM),
+        ("LlamaForCausalLM", LlamaForCausalLM),
+    ]:
         cls = getattr(vf, ARCHITECTURES[hf_name])
         assert issubclass(cls, base)
         assert list(inspect.signature(base.compute_logits).parameters) == ["self", "hidden_states"]
         assert list(inspect.signature(base.forward).parameters)[:5] == [
-            "self", "input_ids", "positions", "intermediate_tensors", "inputs_embeds"]
+            "self",
+            "input_ids",
+            "positions",
+            "intermediate_tensors",
+            "inputs_embeds",
+        ]
         assert list(inspect.signature(base.__init__).parameters)[:3] == ["self", "vllm_config", "prefix"]
         assert "self.logits_processor(self.lm_head, hidden_states)" in inspect.getsource(base.compute_logits)
 
@@ -85,7 +95,8 @@ def test_custom_logits_processors_run_on_the_v1_runner_every_step():
     assert '"custom logits processors"' in inspect.getsource(VllmConfig._get_v2_model_runner_unsupported_features)
     assert "logit_proc.update_state(batch_update)" in inspect.getsource(InputBatch.refresh_metadata)
     assert "for processor in sampling_metadata.logitsprocs.non_argmax_invariant:" in inspect.getsource(
-        Sampler.apply_logits_processors)
+        Sampler.apply_logits_processors
+    )
 
 
 def test_processor_follows_batch_updates():
@@ -97,8 +108,18 @@ def test_processor_follows_batch_updates():
     proc = vf.MedsFeatureProcessor(None, torch.device("cpu"), False)
     feat = lambda tag, y: SamplingParams(max_tokens=1, extra_args={vf.EXTRA_ARG: (tag, y)})  # noqa: E731
     out_a, out_b = [], []
-    proc.update_state(BatchUpdate(3, removed=[], moved=[], added=[
-        (0, SamplingParams(max_tokens=5), [1], []), (1, feat("a", 7), [1, 2], out_a), (2, feat("b", 9), [3], out_b)]))
+    proc.update_state(
+        BatchUpdate(
+            3,
+            removed=[],
+            moved=[],
+            added=[
+                (0, SamplingParams(max_tokens=5), [1], []),
+                (1, feat("a", 7), [1, 2], out_a),
+                (2, feat("b", 9), [3], out_b),
+            ],
+        )
+    )
     assert {row: t[:2] for row, t in proc.targets.items()} == {1: ("a", 7), 2: ("b", 9)}
     proc.update_state(BatchUpdate(2, removed=[0], added=[], moved=[(2, 0, MoveDirectionality.UNIDIRECTIONAL)]))
     assert {row: t[:2] for row, t in proc.targets.items()} == {0: ("b", 9), 1: ("a", 7)}
@@ -130,7 +151,10 @@ def test_tensor_parallel_partials_sum_to_the_full_logits(tp_size):
     """Split an lm_head by vocabulary exactly as vLLM's ParallelLMHead does (its own
     shard-index code, with padding); the ranks' shard_logits sum to the unsplit logits."""
     from vllm.model_executor.layers.vocab_parallel_embedding import (
-        DEFAULT_VOCAB_PADDING_SIZE, VocabParallelEmbedding, pad_vocab_size)
+        DEFAULT_VOCAB_PADDING_SIZE,
+        VocabParallelEmbedding,
+        pad_vocab_size,
+    )
 
     gen = torch.Generator().manual_seed(0)
     vocab, hidden_size = 1000, 16

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
+from openrlhf_meds.engine.client import engine_kwargs, rollout_features, rollout_features_sync
 from openrlhf_meds.meds.config import MedsConfig
 from openrlhf_meds.meds.features import response_features
-from openrlhf_meds.engine.client import engine_kwargs, rollout_features, rollout_features_sync
 
 pytestmark = pytest.mark.slow
 
@@ -102,8 +102,7 @@ def _generated_rollouts(llm, tokenizer, rng, prompt_lengths, no_answer=()):
     params = SamplingParams(max_tokens=24, temperature=1.0, ignore_eos=True)
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
     responses = [
-        list(out.outputs[0].token_ids) + _answer(tokenizer, rng, boxed=i not in no_answer)
-        for i, out in enumerate(outs)
+        list(out.outputs[0].token_ids) + _answer(tokenizer, rng, boxed=i not in no_answer) for i, out in enumerate(outs)
     ]
     return prompts, responses
 
@@ -128,8 +127,9 @@ def test_fp32_features_equal_hf_with_prefix_cache(name, llm_fp32, fp32_rollouts,
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    out = llm_fp32.generate([TokensPrompt(prompt_token_ids=prompts[4] + responses[4][:30])],
-                            SamplingParams(max_tokens=1), use_tqdm=False)[0]
+    out = llm_fp32.generate(
+        [TokensPrompt(prompt_token_ids=prompts[4] + responses[4][:30])], SamplingParams(max_tokens=1), use_tqdm=False
+    )[0]
     assert out.num_cached_tokens > 0
 
 
@@ -216,9 +216,9 @@ def test_async_concurrent_groups_bf16(async_bf16, tiny_qwen2_tied, qwen_tokenize
 
     async def plain(i):
         prompt = TokensPrompt(prompt_token_ids=rng.integers(200, 50000, size=50).tolist())
-        async for out in llm.generate(prompt, SamplingParams(max_tokens=30, ignore_eos=True), request_id=f"plain-{i}"):
-            pass
-        return len(out.outputs[0].token_ids)
+        params = SamplingParams(max_tokens=30, ignore_eos=True)
+        outputs = [out async for out in llm.generate(prompt, params, request_id=f"plain-{i}")]
+        return len(outputs[-1].outputs[0].token_ids)
 
     async def run():
         feats = [rollout_features(llm, qwen_tokenizer, p, r, MedsConfig(), NUM_LAYERS) for p, r in groups]
@@ -269,8 +269,16 @@ def test_gpu_compiled_cuda_graphs(tp, model_dir, tiny_qwen2, qwen_tokenizer):
 
     if torch.cuda.device_count() < tp:
         pytest.skip(f"needs {tp} GPUs")
-    llm = LLM(model=model_dir, dtype="bfloat16", tensor_parallel_size=tp, gpu_memory_utilization=0.3,
-              max_model_len=2048, seed=0, async_scheduling=True, **engine_kwargs(model_dir, MedsConfig()))
+    llm = LLM(
+        model=model_dir,
+        dtype="bfloat16",
+        tensor_parallel_size=tp,
+        gpu_memory_utilization=0.3,
+        max_model_len=2048,
+        seed=0,
+        async_scheduling=True,
+        **engine_kwargs(model_dir, MedsConfig()),
+    )
     try:
         rng = np.random.default_rng(4)
         prompts, responses = _generated_rollouts(llm, qwen_tokenizer, rng, [40, 300, 90, 17, 600, 128], no_answer=(1,))

@@ -8,7 +8,6 @@ is the one the trainer sees. The ZeRO-3 test runs DeepSpeed on one gloo rank in 
 """
 
 import inspect
-import json
 import os
 import socket
 import subprocess
@@ -18,25 +17,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from openrlhf.models import Actor
+from openrlhf.trainer.ppo_utils.experience import Experience
+from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
-from openrlhf_meds.cpu import patches
-
-patches.install()  # before OpenRLHF: the CPU stand-in for flash-attn's padding helpers
-
-from openrlhf.models import Actor  # noqa: E402
-from openrlhf.trainer.ppo_utils.experience import Experience  # noqa: E402
-from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator  # noqa: E402
-
-from openrlhf_meds.integration import actor_features as af  # noqa: E402
-from openrlhf_meds.meds.config import MedsConfig  # noqa: E402
-from openrlhf_meds.meds.features import response_features  # noqa: E402
+from openrlhf_meds.integration import actor_features as af
+from openrlhf_meds.meds.config import MedsConfig
+from openrlhf_meds.meds.features import response_features
 
 PAD = 151643
 TEXTS = [  # (prompt, response); the third has no answer, the fourth's brace is far from the end
     ("What is 2 + 2?", " 2 + 2 = 4, so \\boxed{4}. Done.<|endoftext|>"),
     ("Compute 1/2 + 0.", "It is $\\boxed{\\frac{1}{2}}$<|endoftext|>"),
     ("Say hi.", "hi<|endoftext|>"),
-    ("A longer question, with more words in its prompt: what is 3 * 3?", "\\boxed{9} because 3 * 3 = 9 and that is all.<|endoftext|>"),
+    (
+        "A longer question, with more words in its prompt: what is 3 * 3?",
+        "\\boxed{9} because 3 * 3 = 9 and that is all.<|endoftext|>",
+    ),
     ("Q?", "First \\boxed{1}, no wait: \\boxed{2}<|endoftext|>"),
 ]
 CONFIGS = [MedsConfig(layers=14), MedsConfig(layers=6, layer_diff=True, logit_lens=True)]
@@ -52,8 +49,13 @@ def openrlhf_batch(pairs) -> Experience:
     for prompt, response in pairs:
         tokens = prompt + response
         reply = dict(
-            observation_tokens=tokens, action_ranges=[(len(prompt), len(tokens))], reward=0.0, scores=0.0,
-            rollout_log_probs=None, prompt="p", label="l",
+            observation_tokens=tokens,
+            action_ranges=[(len(prompt), len(tokens))],
+            reward=0.0,
+            scores=0.0,
+            rollout_log_probs=None,
+            prompt="p",
+            label="l",
         )
         # The method does not use `self` (checked by the contract test below).
         experiences.append(SamplesGenerator._process_response_into_experience(None, reply, max_len=4096))
@@ -92,7 +94,10 @@ def bf16_actor(tiny_qwen2):
 
 
 def run(actor, tokenizer, config, sequences, action_mask, attention_mask):
-    with torch.no_grad(), af.feature_capture(actor, tokenizer, config, sequences, action_mask, attention_mask) as finish:
+    with (
+        torch.no_grad(),
+        af.feature_capture(actor, tokenizer, config, sequences, action_mask, attention_mask) as finish,
+    ):
         log_probs = actor(sequences, action_mask, attention_mask)
         features = finish()
     return log_probs, features
@@ -139,7 +144,13 @@ def test_packed_samples(actor, qwen_tokenizer):
 
 def test_lora_actor(tiny_qwen2, actor, qwen_tokenizer):
     """--ds.lora.rank: Actor.model is a PeftModel; the LoRA layers sit inside the decoder."""
-    lora = Actor(tiny_qwen2.name_or_path, attn_implementation="eager", param_dtype="bf16", lora_rank=4, target_modules=["q_proj", "v_proj"])
+    lora = Actor(
+        tiny_qwen2.name_or_path,
+        attn_implementation="eager",
+        param_dtype="bf16",
+        lora_rank=4,
+        target_modules=["q_proj", "v_proj"],
+    )
     lora.model.float().eval()
     with torch.no_grad():
         for name, param in lora.model.named_parameters():
@@ -162,7 +173,9 @@ def test_batch_without_answers_and_hooks_removed(actor, qwen_tokenizer):
     assert got.shape == (2, 14) and np.isnan(got).all()
     assert hooks() == before
     with pytest.raises(RuntimeError, match="did not run"):
-        with af.feature_capture(actor, qwen_tokenizer, CONFIGS[0], batch.sequences, batch.action_mask, batch.attention_mask) as finish:
+        with af.feature_capture(
+            actor, qwen_tokenizer, CONFIGS[0], batch.sequences, batch.action_mask, batch.attention_mask
+        ) as finish:
             finish()
     assert hooks() == before
 
@@ -265,8 +278,15 @@ def _free_port() -> int:
 def test_zero3_gathers_the_partitioned_lm_head(tiny_qwen2, tmp_path):
     out = tmp_path / "zero3.npz"
     env = dict(
-        os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0",
-        WORLD_SIZE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
     )
     cmd = [sys.executable, __file__, "zero3", tiny_qwen2.name_or_path, str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -303,7 +323,10 @@ def test_openrlhf_internals_actor_features_rely_on():
     src = inspect.getsource(upstream.forward)
     assert "self.actor(" in src and "ring_attn_group=self.strategy.ring_attn_group" in src
     init = inspect.getsource(upstream.init_model_from_pretrained)
-    assert "self.tokenizer = get_tokenizer(" in init and "self.actor, self.actor_optim, self.actor_scheduler = strategy.prepare(" in init
+    assert (
+        "self.tokenizer = get_tokenizer(" in init
+        and "self.actor, self.actor_optim, self.actor_scheduler = strategy.prepare(" in init
+    )
 
     # strategy.prepare puts the DeepSpeed engine in Actor.model (hf_model unwraps it).
     from openrlhf.utils.deepspeed.deepspeed import DeepspeedStrategy
@@ -312,12 +335,17 @@ def test_openrlhf_internals_actor_features_rely_on():
 
     actor_src = inspect.getsource(ActorClass.forward)
     assert "self.model(sequences, attention_mask=foward_attention_mask, position_ids=position_ids" in actor_src
-    assert "unpad_and_slice_tensor(" in actor_src and "action_log_probs = log_probs[:, -action_mask.shape[1] :]" in actor_src
+    assert (
+        "unpad_and_slice_tensor(" in actor_src
+        and "action_log_probs = log_probs[:, -action_mask.shape[1] :]" in actor_src
+    )
 
     make = inspect.getsource(RemoteExperienceMaker.make_experience)
     assert "self._dispatch_forward(\n            self.actor_model_group," in make
     assert "duplicate_factor = args.ds.ring_attn_size * args.ds.tensor_parallel_size" in make
-    assert 'group.async_run_method_batch(method_name="forward"' in inspect.getsource(RemoteExperienceMaker._dispatch_forward)
+    assert 'group.async_run_method_batch(method_name="forward"' in inspect.getsource(
+        RemoteExperienceMaker._dispatch_forward
+    )
     assert "ray.get(refs)[::duplicate_factor]" in inspect.getsource(RemoteExperienceMaker._flatten_results)
     batch_src = inspect.getsource(RayActorGroup.async_run_method_batch)
     assert "actor_idx = chunk_idx * self.duplicate_actors + j" in batch_src

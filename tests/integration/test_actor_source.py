@@ -22,25 +22,20 @@ import numpy as np
 import pytest
 import ray
 import torch
+from openrlhf.trainer.ppo_trainer import BasePPOTrainer
+from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+from openrlhf.trainer.ray.launcher import RayActorGroup
+from openrlhf.trainer.ray.vllm_engine import RolloutRayActor
+from openrlhf.utils import get_strategy
+from openrlhf.utils.agent import SingleTurnAgentExecutor
 
-from openrlhf_meds.cpu import patches
-
-patches.install()  # CPU machine: flash-attn fallback module, torch.cuda no-ops (see cpu/patches.py)
-
-from openrlhf.trainer.ppo_trainer import BasePPOTrainer  # noqa: E402
-from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator  # noqa: E402
-from openrlhf.trainer.ray.launcher import RayActorGroup  # noqa: E402
-from openrlhf.trainer.ray.vllm_engine import RolloutRayActor  # noqa: E402
-from openrlhf.utils import get_strategy  # noqa: E402
-from openrlhf.utils.agent import SingleTurnAgentExecutor  # noqa: E402
-
-from openrlhf_meds.cpu.launch import cpu_mode, run_train_ppo_ray  # noqa: E402
-from openrlhf_meds.demo.task import EOS, REWARD_FILE, format_prompt, last_boxed  # noqa: E402
-from openrlhf_meds.integration.actor_features import MedsPolicyModelActor  # noqa: E402
-from openrlhf_meds.integration.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT  # noqa: E402
-from openrlhf_meds.integration.trainer import MedsPPOTrainer  # noqa: E402
-from openrlhf_meds.meds import MedsConfig  # noqa: E402
-from openrlhf_meds.memory.client import MemoryClient  # noqa: E402
+from openrlhf_meds.cpu.launch import cpu_mode, run_train_ppo_ray
+from openrlhf_meds.demo.task import EOS, REWARD_FILE, format_prompt, last_boxed
+from openrlhf_meds.integration.actor_features import MedsPolicyModelActor
+from openrlhf_meds.integration.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT
+from openrlhf_meds.integration.trainer import MedsPPOTrainer
+from openrlhf_meds.meds import MedsConfig
+from openrlhf_meds.memory.client import MemoryClient
 
 N = 5  # rollouts per prompt
 ALPHA, BETA = 0.1, 0.15  # penalty min(alpha ln(|C| + 1), beta): |C| = 2, 3 below beta, 4+ capped
@@ -161,11 +156,11 @@ def run(tiny_qwen2, qwen_tokenizer, tmp_path_factory):
         "--ds.attn_implementation", "eager", "--ds.param_dtype", "bf16", "--ds.zero_stage", "2",
         "--ckpt.path", str(tmp / "ckpt"),
     ]  # fmt: skip
-    config = MedsConfig(
-        feature_source="actor", alpha=ALPHA, beta=BETA, memory_shards=2, memory_dir=str(tmp / "meds")
-    )
+    config = MedsConfig(feature_source="actor", alpha=ALPHA, beta=BETA, memory_shards=2, memory_dir=str(tmp / "meds"))
     with cpu_mode():
-        ray.init(num_cpus=4, num_gpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=4, num_gpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False
+        )
         try:
             args = openrlhf_args(argv)  # after ray.init: train() starts Ray itself otherwise
             assert args.ds.attn_implementation == "flash_attention_2"
@@ -179,9 +174,9 @@ def run(tiny_qwen2, qwen_tokenizer, tmp_path_factory):
             trainer = object.__new__(cls)  # PPOTrainer.__init__ loads datasets; the rest is BasePPOTrainer's
             BasePPOTrainer.__init__(trainer, strategy, actors, None, None, None, None, qwen_tokenizer)
             trainer.eval_dataloader = prompt_batches(EVAL)
+            prompts, engines = prompt_batches([p for s in STEPS for p in s]), [Handle(rollout_engine(llm))]
             trainer.samples_generator = SamplesGenerator(
-                strategy, prompt_batches([p for s in STEPS for p in s]), trainer.eval_dataloader, qwen_tokenizer,
-                [Handle(rollout_engine(llm))],
+                strategy, prompts, trainer.eval_dataloader, qwen_tokenizer, engines
             )
             trainer.meds_setup(config.to_dict(), memory)
             yield SimpleNamespace(trainer=trainer, llm=llm, memory=memory, actors=actors, tokenizer=qwen_tokenizer)

@@ -5,12 +5,8 @@ import os
 
 import pytest
 
-from openrlhf_meds.cpu import patches
-
-patches.install()  # CPU machine: flash-attn fallback module, torch.cuda no-ops
-
-from openrlhf_meds.integration import openrlhf  # noqa: E402
-from openrlhf_meds.meds import MedsConfig  # noqa: E402
+from openrlhf_meds.integration import openrlhf
+from openrlhf_meds.meds import MedsConfig
 
 README = os.path.join(os.path.dirname(__file__), "..", "..", "patches", "README.md")
 

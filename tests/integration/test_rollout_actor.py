@@ -10,20 +10,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from openrlhf.trainer.ppo_utils.experience import Experience
+from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+from openrlhf.trainer.ray.vllm_engine import RolloutRayActor
+from openrlhf.utils.agent import SingleTurnAgentExecutor
+from vllm import SamplingParams
 
-from openrlhf_meds.cpu import patches
-
-patches.install()  # CPU machine: flash-attn fallback for OpenRLHF's imports
-
-from openrlhf.trainer.ppo_utils.experience import Experience  # noqa: E402
-from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController  # noqa: E402
-from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator  # noqa: E402
-from openrlhf.trainer.ray.vllm_engine import RolloutRayActor  # noqa: E402
-from openrlhf.utils.agent import SingleTurnAgentExecutor  # noqa: E402
-from vllm import SamplingParams  # noqa: E402
-
-from openrlhf_meds.demo.task import EOS, REWARD_FILE, format_prompt  # noqa: E402
-from openrlhf_meds.integration.rollout_actor import (  # noqa: E402
+from openrlhf_meds.demo.task import EOS, REWARD_FILE, format_prompt
+from openrlhf_meds.integration.rollout_actor import (
     GROUP_ID,
     HAS_FEATURE,
     ROLLOUT,
@@ -31,8 +26,8 @@ from openrlhf_meds.integration.rollout_actor import (  # noqa: E402
     prompt_key,
     response_ids,
 )
-from openrlhf_meds.integration.trainer import MedsExperienceMaker  # noqa: E402
-from openrlhf_meds.meds import MedsConfig  # noqa: E402
+from openrlhf_meds.integration.trainer import MedsExperienceMaker
+from openrlhf_meds.meds import MedsConfig
 
 PAD = 151643
 
@@ -141,8 +136,8 @@ def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer
     expected = {"train": (1000, [1, 1, 0, 1]), "filtered": (-1, [1, 1, 1, 1]), "eval": (-1, [0, 0, 0, 0])}
     for name, (gid, has_feature) in expected.items():
         for i, s in enumerate(samples[name]):
-            assert (s.info[GROUP_ID].item(), s.info[ROLLOUT].item(), s.info[HAS_FEATURE].item()) == (
-                gid, i, has_feature[i]), (name, i)
+            tags = (s.info[GROUP_ID].item(), s.info[ROLLOUT].item(), s.info[HAS_FEATURE].item())
+            assert tags == (gid, i, has_feature[i]), (name, i)
             assert "boxed" in s.info
 
     # Shuffled into two micro-batches (as dynamic batching does), then shaped: each rollout
@@ -150,9 +145,11 @@ def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer
     order = [(n, i) for n in ("train", "filtered") for i in range(4)]
     random.Random(0).shuffle(order)
     batches = [Experience.concat_experiences([samples[n][i] for n, i in order[k : k + 4]], PAD) for k in (0, 4)]
-    args = SimpleNamespace(algo=SimpleNamespace(advantage=SimpleNamespace(estimator="group_norm")))
-    maker = MedsExperienceMaker(None, None, None, None, FixedKLController(0.0), SimpleNamespace(args=args), None,
-                                meds=MedsConfig(), memory=memory)
+    strategy = SimpleNamespace(
+        args=SimpleNamespace(algo=SimpleNamespace(advantage=SimpleNamespace(estimator="group_norm")))
+    )
+    kl = FixedKLController(0.0)
+    maker = MedsExperienceMaker(None, None, None, None, kl, strategy, None, meds=MedsConfig(), memory=memory)
     metrics = maker.shape_rewards(batches)
     got = dict(zip(order, torch.cat([b.info["meds_penalty"] for b in batches]).tolist()))
     want = dict(zip(order, [0.0] * 8))
@@ -178,7 +175,8 @@ def test_openrlhf_rollout_internals_the_engine_relies_on():
     """Contract with openrlhf 0.11.2 (patches/README.md)."""
     base = RolloutRayActor.__ray_metadata__.modified_class
     params = [p for p in inspect.signature(base.generate_responses).parameters if not p.startswith("_ray")]
-    assert params == ["self", "prompt", "label", "sampling_params", "max_length", "hf_tokenizer", "num_samples", "images"]
+    want = ["self", "prompt", "label", "sampling_params", "max_length", "hf_tokenizer", "num_samples", "images"]
+    assert params == want
     assert "self.llm = vllm.AsyncLLMEngine" in inspect.getsource(base.__init__)
     # A response dict carries the tokens, the action range, the verifier's score and extra_logs ...
     src = inspect.getsource(SingleTurnAgentExecutor.execute)

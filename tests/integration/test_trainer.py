@@ -9,21 +9,16 @@ import numpy as np
 import pytest
 import ray
 import torch
+from openrlhf.trainer.ppo_trainer import BasePPOTrainer, PPOTrainer
+from openrlhf.trainer.ppo_utils.experience import Experience
+from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
-from openrlhf_meds.cpu import patches
-
-patches.install()  # CPU machine: flash-attn fallback module, torch.cuda no-ops (see cpu/patches.py)
-
-from openrlhf.trainer.ppo_trainer import BasePPOTrainer, PPOTrainer  # noqa: E402
-from openrlhf.trainer.ppo_utils.experience import Experience  # noqa: E402
-from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker  # noqa: E402
-from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController  # noqa: E402
-
-from openrlhf_meds.integration.openrlhf import run_train_ppo_ray  # noqa: E402
-from openrlhf_meds.meds import MedsConfig, group_advantages, shape_rewards  # noqa: E402
-from openrlhf_meds.memory.client import MemoryClient  # noqa: E402
-from openrlhf_meds.integration.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT  # noqa: E402
-from openrlhf_meds.integration.trainer import MedsExperienceMaker  # noqa: E402
+from openrlhf_meds.integration.openrlhf import run_train_ppo_ray
+from openrlhf_meds.integration.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT
+from openrlhf_meds.integration.trainer import MedsExperienceMaker
+from openrlhf_meds.meds import MedsConfig, group_advantages, shape_rewards
+from openrlhf_meds.memory.client import MemoryClient
 
 N = 4  # rollouts per prompt
 
@@ -74,10 +69,29 @@ def experience(rewards, scores, gids, rollouts, has_feature, index):
 
 @pytest.mark.slow
 def test_shaped_rewards_drive_group_advantages(memory):
-    args = openrlhf_args(["--actor.model_name_or_path", "x", "--reward.remote_url", "r.py",
-                          "--algo.advantage.estimator", "group_norm", "--rollout.n_samples_per_prompt", str(N)])
-    maker = MedsExperienceMaker(None, None, None, None, FixedKLController(0.0), SimpleNamespace(args=args), None,
-                                meds=MedsConfig(), memory=memory)
+    args = openrlhf_args(
+        [
+            "--actor.model_name_or_path",
+            "x",
+            "--reward.remote_url",
+            "r.py",
+            "--algo.advantage.estimator",
+            "group_norm",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+        ]
+    )
+    maker = MedsExperienceMaker(
+        None,
+        None,
+        None,
+        None,
+        FixedKLController(0.0),
+        SimpleNamespace(args=args),
+        None,
+        meds=MedsConfig(),
+        memory=memory,
+    )
     rng = np.random.default_rng(0)
     mode = rng.normal(size=6)
     wrong = np.zeros(N, bool)
@@ -95,19 +109,32 @@ def test_shaped_rewards_drive_group_advantages(memory):
     # Two micro-batches, rollouts out of order (OpenRLHF's `index` restores the groups).
     exps = [
         experience(rewards[[0, 3]], correct[[0, 3]], [gid1, gid1], [0, 3], [1, 1], [0, 3]),
-        experience(np.r_[rewards[[1, 2]], [1, 0, 0, 1]], np.r_[correct[[1, 2]], [1, 0, 0, 1]],
-                   [gid1, gid1, -1, -1, -1, -1], [1, 2, 0, 1, 2, 3], [1, 1, 0, 0, 0, 0], [1, 2, 4, 5, 6, 7]),
+        experience(
+            np.r_[rewards[[1, 2]], [1, 0, 0, 1]],
+            np.r_[correct[[1, 2]], [1, 0, 0, 1]],
+            [gid1, gid1, -1, -1, -1, -1],
+            [1, 2, 0, 1, 2, 3],
+            [1, 1, 0, 0, 0, 0],
+            [1, 2, 4, 5, 6, 7],
+        ),
     ]
     out = maker.compute_advantages_and_returns(exps)
 
     pen = np.r_[np.full(3, 0.1 * np.log(N + 1)), 0.0]  # |C| = the 4 stored errors; below beta
     shaped = np.r_[shape_rewards(rewards, correct, pen), [1, 0, 0, 1]]
-    got = np.r_[out[0].rewards.numpy()[[0]], out[1].rewards.numpy()[:2], out[0].rewards.numpy()[[1]], out[1].rewards.numpy()[2:]]
+    got = np.r_[
+        out[0].rewards.numpy()[[0]], out[1].rewards.numpy()[:2], out[0].rewards.numpy()[[1]], out[1].rewards.numpy()[2:]
+    ]
     np.testing.assert_allclose(got, shaped, rtol=1e-6)
     assert got[0] < 0 and got[3] == 1.0  # wrong: 0 - pen; correct: 1 / (1 + 0)
     adv = group_advantages(shaped, N, eps=1e-9)
-    got_adv = np.r_[out[0].advantages[0, 0], out[1].advantages[0, 0], out[1].advantages[1, 0], out[0].advantages[1, 0],
-                    out[1].advantages[2:, 0]]
+    got_adv = np.r_[
+        out[0].advantages[0, 0],
+        out[1].advantages[0, 0],
+        out[1].advantages[1, 0],
+        out[0].advantages[1, 0],
+        out[1].advantages[2:, 0],
+    ]
     np.testing.assert_allclose(got_adv, adv, rtol=1e-5, atol=1e-6)
     assert all(GROUP_ID not in e.info and ROLLOUT not in e.info for e in out)  # not logged as metrics
     m = maker.step_metrics
@@ -120,9 +147,17 @@ def test_shaped_rewards_drive_group_advantages(memory):
 
 
 def test_rollouts_without_group_tags_are_refused(memory):
-    maker = MedsExperienceMaker(None, None, None, None, FixedKLController(0.0),
-                                SimpleNamespace(args=SimpleNamespace(algo=SimpleNamespace(advantage=SimpleNamespace(estimator="group_norm")))),
-                                None, meds=MedsConfig(), memory=memory)
+    maker = MedsExperienceMaker(
+        None,
+        None,
+        None,
+        None,
+        FixedKLController(0.0),
+        SimpleNamespace(args=SimpleNamespace(algo=SimpleNamespace(advantage=SimpleNamespace(estimator="group_norm")))),
+        None,
+        meds=MedsConfig(),
+        memory=memory,
+    )
     e = experience([1.0], [1.0], [0], [0], [1], [0])
     del e.info[GROUP_ID]
     with pytest.raises(RuntimeError, match="carry no memory group id"):
@@ -143,10 +178,25 @@ def test_openrlhf_internals_the_trainer_relies_on():
         assert got[: len(params)] == params, (name, got)
     src = inspect.getsource(BasePPOTrainer.__init__)
     assert "self.experience_maker = RemoteExperienceMaker(" in src
-    for attr in ("actor_model_group", "critic_model_group", "reward_model_group", "reference_model_group", "kl_ctl", "tokenizer", "vllm_engines"):
+    for attr in (
+        "actor_model_group",
+        "critic_model_group",
+        "reward_model_group",
+        "reference_model_group",
+        "kl_ctl",
+        "tokenizer",
+        "vllm_engines",
+    ):
         assert f"self.{attr} =" in src, attr
     assert list(inspect.signature(RemoteExperienceMaker.__init__).parameters)[1:8] == [
-        "actor_model_group", "critic_model_group", "reward_model_group", "initial_model_group", "kl_controller", "strategy", "tokenizer"]
+        "actor_model_group",
+        "critic_model_group",
+        "reward_model_group",
+        "initial_model_group",
+        "kl_controller",
+        "strategy",
+        "tokenizer",
+    ]
     src = inspect.getsource(RemoteExperienceMaker.make_experience_batch)
     assert "self.compute_advantages_and_returns(experiences)" in src
     src = inspect.getsource(RemoteExperienceMaker.compute_advantages_and_returns)

@@ -27,7 +27,9 @@ def features(seed, n, d=14, kind="clustered"):
 def test_labels_equal_package_including_numbers(seed):
     """Same labels, same numbers (the numbers decide kNN vote ties)."""
     rng = np.random.default_rng(seed)
-    xn = features(seed, int(rng.integers(3, 500)), d=int(rng.choice([5, 14, 32])), kind=("clustered", "random")[seed % 2])
+    xn = features(
+        seed, int(rng.integers(3, 500)), d=int(rng.choice([5, 14, 32])), kind=("clustered", "random")[seed % 2]
+    )
     _, labels = recluster(xn)
     np.testing.assert_array_equal(labels, package_labels(xn))
 

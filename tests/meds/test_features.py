@@ -169,8 +169,15 @@ def test_positions_must_be_real_tokens(tiny_qwen2):
 
 def small_model(cls, config_cls, **extra):
     config = config_cls(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, **extra,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        **extra,
     )
     torch.manual_seed(0)
     model = cls(config).eval()

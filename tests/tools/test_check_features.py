@@ -25,8 +25,24 @@ def test_check_features_cli_on_tiny_qwen2(tiny_qwen2, tmp_path, capsys, monkeypa
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     # The unpatched tokens/s run (a second engine start) is left out to keep CI short; the
     # tool runs it by default.
-    code = main(["--model", str(tmp_path), "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
-                 "--num-prompts", "3", "--max-tokens", "16", "--no-baseline", "--meds.layer_diff", "true"])
+    code = main(
+        [
+            "--model",
+            str(tmp_path),
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--gpu-memory-utilization",
+            "0.2",
+            "--num-prompts",
+            "3",
+            "--max-tokens",
+            "16",
+            "--no-baseline",
+            "--meds.layer_diff",
+            "true",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "rollouts 6, with a feature 6" in out and "NaN rows agree: True" in out

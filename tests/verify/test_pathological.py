@@ -87,9 +87,14 @@ def test_score_batch_from_a_thread_times_out_per_item():
     labels = ["0.5", "1", "3", "2"]
     before = verify.stats()
     with ThreadPoolExecutor(max_workers=1) as ex:
-        got = ex.submit(verify.score_batch, responses, labels, timeout=TIMEOUT).result(timeout=60)
+        statuses = []
+        got = ex.submit(verify.score_batch, responses, labels, timeout=TIMEOUT, statuses=statuses).result(timeout=60)
     assert got == [1.0, 0.0, 1.0, 1.0]  # the items after the hang are still scored
+    assert statuses[0] is None and statuses[2:] == [None, None] and statuses[1] in ("timeout", "error")
     assert verify.stats()["timeouts"] + verify.stats()["errors"] - before["timeouts"] - before["errors"] == 1
+    statuses = []
+    verify.score_batch(["no box", "\\boxed{1}"], ["1", ""], statuses=statuses)
+    assert statuses == ["no_box", "error"]
 
 
 def test_from_asyncio_to_thread_as_openrlhf_calls_the_reward():
