@@ -17,7 +17,7 @@ import os
 import sys
 
 from .data import BENCHMARKS, TEMPLATES, dataset_name, load_problems
-from .report import compute_results, load_results, read_samples, write_report
+from .report import compute_results, drop_torn_tail, load_results, read_samples, write_report
 
 PAPER = {"data": list(BENCHMARKS), "n": 128, "temperature": 1.0, "top_p": 1.0, "max_tokens": 3072}
 DEFAULTS = {"n": 16, "temperature": 1.0, "top_p": 1.0, "max_tokens": 3072}
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {k: getattr(args, k) for k in GENERATION}
     _check_resume(args.out, settings)
     samples_path = os.path.join(args.out, "samples.jsonl")
+    if drop_torn_tail(samples_path):
+        print("[eval] samples.jsonl ended in an unfinished line (an interrupted write): dropped it", flush=True)
 
     from .generate import done_problems, generate
 

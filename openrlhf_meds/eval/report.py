@@ -34,6 +34,19 @@ def read_samples(path: str) -> list[dict]:
     return rows
 
 
+def drop_torn_tail(path: str) -> int:
+    """Cut an unfinished last line (an interrupted write) off `path`, so that appending after a
+    resume starts on a line of its own; returns the number of bytes cut."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb+") as f:
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            f.truncate(keep)
+        return len(data) - keep
+
+
 def _interval(values_per_dataset: list[np.ndarray], rng: np.random.Generator) -> tuple[float, float]:
     """95% bootstrap interval of the mean over datasets of each dataset's mean over problems."""
     reps = np.zeros(BOOTSTRAP)
