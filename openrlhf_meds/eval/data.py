@@ -63,6 +63,8 @@ def _read_rows(path: str) -> list[dict]:
 
 
 def _answer_text(value) -> str:
+    if hasattr(value, "tolist") and not isinstance(value, str):  # parquet lists come back as arrays
+        value = value.tolist()
     if isinstance(value, (list, tuple)):  # several final answers (OlympiadBench)
         return ", ".join(str(v) for v in value)
     return str(value)

@@ -176,7 +176,8 @@ def test_bad_input_is_named(tmp_path):
     assert load_problems(str(bad), problem_key="question")[0].answer == "2"
     import pandas as pd
 
-    pd.DataFrame({"q": ["1+1", "2+2"], "a": [2, ["4", "four"]], "id": ["x", "y"]}).to_parquet(tmp_path / "mine.parquet")
+    frame = pd.DataFrame({"q": ["1+1", "2+2"], "a": [["2"], ["4", "four"]], "id": ["x", "y"]})
+    frame.to_parquet(tmp_path / "mine.parquet")
     problems = load_problems(str(tmp_path / "mine.parquet"), problem_key="q", answer_key="a")
     assert [(p.id, p.problem, p.answer) for p in problems] == [("x", "1+1", "2"), ("y", "2+2", "4, four")]
     with pytest.raises(SystemExit):
