@@ -277,8 +277,10 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_zero3_gathers_the_partitioned_lm_head(tiny_qwen2, tmp_path):
     out = tmp_path / "zero3.npz"
-    env = dict(
-        os.environ,
+    from openrlhf_meds.cpu.launch import cpu_env
+
+    env = {**os.environ, **cpu_env()}  # the CPU patches in the child too (startup hook: no conftest in a script)
+    env.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(_free_port()),
         RANK="0",
