@@ -17,6 +17,7 @@ import os
 import sys
 
 from .data import BENCHMARKS, TEMPLATES, dataset_name, load_problems
+from .passk import powers_of_two_up_to
 from .report import compute_results, drop_torn_tail, load_results, read_samples, write_report
 
 PAPER = {"data": list(BENCHMARKS), "n": 128, "temperature": 1.0, "top_p": 1.0, "max_tokens": 3072}
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--data is required (or --preset paper)")
     if args.n < 1:
         parser.error("--n must be >= 1")
-    ks = args.k or [2**i for i in range(args.n.bit_length()) if 2**i <= args.n]
+    ks = args.k or powers_of_two_up_to(args.n)
     if ks[-1] > args.n:
         parser.error(f"--k: k={ks[-1]} is larger than --n {args.n}")
     if args.template not in TEMPLATES and args.template.count("{}") != 1:

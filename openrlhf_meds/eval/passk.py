@@ -64,6 +64,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return (total - miss) / total
 
 
+def powers_of_two_up_to(n: int) -> list[int]:
+    """The default k values of pass@k: 1, 2, 4, ... up to n."""
+    return [2**i for i in range(index(n).bit_length()) if 2**i <= n]
+
+
 def mean_at_n(correct: Sequence[int], n: int) -> float:
     """mean@n: the mean over problems of c/n (pass@1 averaged), for per-problem counts `correct`.
 

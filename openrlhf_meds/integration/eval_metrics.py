@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..eval.passk import pass_at_k
+from ..eval.passk import mean_at_n, mean_pass_at_k, powers_of_two_up_to
 
 
 def ks_up_to(n: int) -> list[int]:
     """1, 2, 4, ... up to n, and n itself."""
-    ks = [2**i for i in range(n.bit_length()) if 2**i <= n]
+    ks = powers_of_two_up_to(n)
     return ks if ks[-1] == n else [*ks, n]
 
 
@@ -36,8 +36,8 @@ def pass_at_k_logs(eval_dataloader, samples_list, n_samples_per_prompt: int) -> 
     logs = {}
     for ds, counts in correct.items():
         for k in ks_up_to(n):
-            logs[f"eval_{ds}_pass@{k}"] = sum(pass_at_k(n, c, k) for c in counts) / len(counts)
-        logs[f"eval_{ds}_mean@{n}"] = sum(counts) / (n * len(counts))
+            logs[f"eval_{ds}_pass@{k}"] = mean_pass_at_k([n] * len(counts), counts, k)
+        logs[f"eval_{ds}_mean@{n}"] = mean_at_n(counts, n)
     return logs
 
 
