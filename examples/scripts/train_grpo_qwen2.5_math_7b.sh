@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# GRPO baseline: group-normalised advantages, symmetric clip 0.2, no filtering, no overlong
-# penalty, no MEDS.
-#   DATA=/data/dapo-math-17k.jsonl bash examples/scripts/train_grpo_qwen2.5_math_7b.sh
+# The GRPO baseline (see GRPO in common_qwen2.5_math_7b.sh): clip 0.2 / 0.2, dual-clip 3, a
+# 0.001 k3 KL loss, seq-mean-token-mean, 7168-token responses, no filtering, no MEDS.
+#   DATA=... EVAL_DATA=... bash examples/scripts/train_grpo_qwen2.5_math_7b.sh
 set -euo pipefail
 RUN_NAME=${RUN_NAME:-grpo_qwen2.5_math_7b}
 source "$(dirname "$0")/common_qwen2.5_math_7b.sh"
-launch --algo.advantage.estimator group_norm --actor.eps_clip 0.2 --meds.enable false
+launch grpo "${REASONS[@]}" "${GRPO_REASONS[@]}" -- "${GRPO[@]}"

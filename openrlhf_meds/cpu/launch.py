@@ -22,8 +22,9 @@ from openrlhf_meds.integration.openrlhf import run_train_ppo_ray
 
 STARTUP_DIR = os.path.join(os.path.dirname(__file__), "startup")
 
-# Flags that made OpenRLHF's PPO/GRPO run on CPU. bf16 must stay: vLLM runs bf16 and the
-# weight update checks that dtypes match. vLLM sleep mode does not exist on CPU.
+# Flags that made OpenRLHF's PPO/GRPO run on CPU. vLLM sleep mode does not exist on CPU.
+# `--ds.param_dtype bf16` is OpenRLHF's only non-fp16 choice: the patches turn it into
+# float32 models, DeepSpeed configs and engines unless $OPENRLHF_MEDS_CPU_DTYPE=bfloat16.
 PPO_CPU_FLAGS = [
     "--vllm.sync_backend", "gloo",
     "--vllm.enforce_eager",
@@ -48,6 +49,7 @@ def cpu_env(threads: int = 1) -> dict[str, str]:
     parts = [p for p in pythonpath.split(os.pathsep) if p and p != STARTUP_DIR]
     return {
         "OPENRLHF_MEDS_CPU": "1",  # read by startup/sitecustomize.py
+        patches.DTYPE_ENV: patches.compute_dtype(),  # float32 unless the user set bfloat16
         "PYTHONPATH": os.pathsep.join([STARTUP_DIR, *parts]),
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),

@@ -184,21 +184,78 @@ def no_deepspeed_shm_comm(module) -> None:
     module.build_shm_op = lambda: None
 
 
-@_after_import("openrlhf.utils.deepspeed.deepspeed")
-def torch_adamw(module) -> None:
-    """DeepSpeed JIT-builds FusedAdam / CPUAdam C++ ops on first use (~60 s, an 8 GiB peak);
-    `"torch_adam": true` in the optimizer params makes it use torch.optim.AdamW instead."""
-    cls = module.DeepspeedStrategy
-    get_ds_train_config = cls.get_ds_train_config
+# --- compute dtype ------------------------------------------------------------------------
 
-    def get_ds_train_config_torch_adam(self, *args, **kwargs):
-        config = get_ds_train_config(self, *args, **kwargs)
+DTYPE_ENV = "OPENRLHF_MEDS_CPU_DTYPE"  # set by launch.cpu_env; float32 unless the user asks
+DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype() -> str:
+    """The dtype CPU mode trains and generates in (`$OPENRLHF_MEDS_CPU_DTYPE`).
+
+    float32 by default: CPUs without native bf16 (AVX2 only) run bf16 matmuls ~10x slower
+    than float32, and float32 gives the same numbers on every CPU. bfloat16 mirrors GPU runs.
+    """
+    dtype = os.environ.get(DTYPE_ENV, "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"${DTYPE_ENV}={dtype!r}: use one of {', '.join(DTYPES)}")
+    return dtype
+
+
+@_after_import("openrlhf.utils.utils")
+def float32_models(module) -> None:
+    """OpenRLHF's `--ds.param_dtype` offers only bf16/fp16 and maps it to the dtype every model
+    loads in (convert_to_torch_dtype, imported at call time): load float32 in float32 mode."""
+    import torch
+
+    convert = module.convert_to_torch_dtype
+
+    def convert_to_torch_dtype(param_dtype: str):
+        return torch.float32 if compute_dtype() == "float32" else convert(param_dtype)
+
+    module.convert_to_torch_dtype = convert_to_torch_dtype
+
+
+@_after_import("openrlhf.trainer.ray.vllm_engine")
+def float32_engines(module) -> None:
+    """create_vllm_engines hard-codes `"dtype": "bfloat16"` for every engine; the weight sync
+    asserts the engine's dtype equals the trainer's, so the engines follow compute_dtype()."""
+    import functools
+
+    cls = module.RolloutRayActor.__ray_metadata__.modified_class
+    init = cls.__init__
+
+    @functools.wraps(init)  # contract tests read the original's source through __wrapped__
+    async def __init__(self, *args, **kwargs):
+        kwargs["dtype"] = compute_dtype()
+        await init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+
+
+@_after_import("openrlhf.utils.deepspeed.deepspeed")
+def deepspeed_config(module) -> None:
+    """Two changes to every DeepSpeed config OpenRLHF builds:
+    - DeepSpeed JIT-builds FusedAdam / CPUAdam C++ ops on first use (~60 s, an 8 GiB peak);
+      `"torch_adam": true` in the optimizer params makes it use torch.optim.AdamW instead;
+    - in float32 mode, bf16 is off, so DeepSpeed keeps the float32 models as they are."""
+    cls = module.DeepspeedStrategy
+    get_ds_train_config, get_ds_eval_config = cls.get_ds_train_config, cls.get_ds_eval_config
+
+    def dtype_of(config: dict) -> dict:
+        if compute_dtype() == "float32":
+            config["bf16"] = {"enabled": False}
+        return config
+
+    def get_ds_train_config_cpu(self, *args, **kwargs):
+        config = dtype_of(get_ds_train_config(self, *args, **kwargs))
         optimizer = config.get("optimizer")
         if optimizer is not None and optimizer.get("type") == "AdamW":
             optimizer["params"]["torch_adam"] = True
         return config
 
-    cls.get_ds_train_config = get_ds_train_config_torch_adam
+    cls.get_ds_train_config = get_ds_train_config_cpu
+    cls.get_ds_eval_config = lambda self, *args, **kwargs: dtype_of(get_ds_eval_config(self, *args, **kwargs))
 
 
 # --- datasets -------------------------------------------------------------------------------

@@ -33,6 +33,17 @@ CURVES = {  # tensorboard tag -> label
     "train/meds/penalty_mean_penalized": "mean penalty of penalized rollouts",
     "train/meds/clusters_per_key": "error clusters per prompt key",
     "train/meds/memory_vectors": "vectors in the memory",
+    "train/div/distinct_answers": "distinct final answers / rollouts",
+    "train/div/repeated_error_rate": "wrong rollouts giving the commonest wrong answer",
+    "train/div/eigen_top1_ratio": "top-1 eigen ratio of the features",
+}
+# Summary lines of the diversity metrics (docs/diversity.md), MEDS and baseline side by side.
+DIVERSITY = {
+    "train/div/distinct_answers": "distinct answers / rollouts",
+    "train/div/repeated_error_rate": "repeated-error rate",
+    "train/div/eigen_top1_ratio": "top-1 eigen ratio",
+    "train/div/effective_rank": "effective rank",
+    "train/div/pass@8": "within-group pass@8",
 }
 
 
@@ -49,17 +60,22 @@ def read_scalars(tb_dir: str) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def plot(scalars: dict, path: str):
-    """The CURVES of a run ({tag: {step: value}}) as a PNG."""
+def plot(scalars: dict, path: str, baseline: dict | None = None):
+    """The CURVES of a run ({tag: {step: value}}) as a PNG, with the baseline run's where it
+    has them (the train/div/* metrics)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    fig, axes = plt.subplots(3, 3, figsize=(13, 9.5))
     for ax, (tag, label) in zip(axes.flat, CURVES.items()):
-        points = scalars.get(tag, {})
-        ax.plot(sorted(points), [points[k] for k in sorted(points)], marker="o")
+        for run, name in ((scalars, "MEDS"), (baseline or {}, "baseline (--meds.enable false)")):
+            points = run.get(tag, {})
+            if points:
+                ax.plot(sorted(points), [points[k] for k in sorted(points)], marker="o", label=name)
+        if baseline and tag in baseline:
+            ax.legend(fontsize=8)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("step")
     fig.suptitle("MEDS on OpenRLHF GRPO (tiny Qwen2, CPU demo)")
@@ -110,6 +126,19 @@ def train(task: dict, out_dir: str, steps: int, meds: bool = True, extra=(), sav
     return {tag: dict(points) for tag, points in read_scalars(os.path.join(out_dir, "tensorboard")).items()}
 
 
+def diversity_lines(meds: dict, baseline: dict | None) -> list[str]:
+    """The DIVERSITY metrics at the first and last step, MEDS (and the baseline)."""
+
+    def ends(run, tag):
+        points = run.get(tag) or {}
+        return f"{points[min(points)]:.3f} -> {points[max(points)]:.3f}" if points else "n/a"
+
+    lines = ["diversity (step 1 -> last step)" + ("          MEDS | baseline" if baseline else "")]
+    for tag, label in DIVERSITY.items():
+        lines.append(f"  {label:30s} {ends(meds, tag)}" + (f" | {ends(baseline, tag)}" if baseline else ""))
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work-dir", default="outputs/demo")
@@ -148,7 +177,7 @@ def main(argv=None):
 
     print("[demo 4/4] summary", flush=True)
     png = os.path.join(work, "meds_demo_curves.png")
-    plot(scalars, png)
+    plot(scalars, png, baseline)
     last = {tag: points[max(points)] for tag, points in scalars.items()}
     first = {tag: points[min(points)] for tag, points in scalars.items()}
 
@@ -166,6 +195,7 @@ def main(argv=None):
         f"mean penalty of those {last['train/meds/penalty_mean_penalized']:.3f}",
         f"memory: {last['train/meds/memory_vectors']:.0f} vectors over {last['train/meds/memory_keys']:.0f} keys, "
         f"{last['train/meds/clusters_per_key']:.1f} error clusters per key",
+        *diversity_lines(scalars, baseline),
         f"mean step time (steps 2-{args.steps}): {step_time(scalars):.2f} s with MEDS"
         + (
             f", {step_time(baseline):.2f} s without (MEDS adds {step_time(scalars) / step_time(baseline) - 1:+.1%})"

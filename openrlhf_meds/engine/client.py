@@ -15,7 +15,7 @@ import numpy as np
 
 from ..meds.answer import answer_target
 from ..meds.config import MedsConfig
-from ..meds.features import feature_width
+from ..meds.features import feature_width, finish_logits
 from . import ARCHITECTURES
 
 PROCESSOR = "openrlhf_meds.engine.vllm_features:MedsFeatureProcessor"
@@ -86,8 +86,10 @@ def _sampling_params(y_star: int, tag: str):
 
 
 def _assemble(n_rollouts, jobs, rank_results, config: MedsConfig, num_layers: int) -> np.ndarray:
-    """Sum the tensor-parallel ranks' partials, pick raw or logit-lens logits and cut the
-    feature window."""
+    """Sum the tensor-parallel ranks' partials, pick raw or logit-lens logits, cut the
+    feature window and finish it (`finish_logits`: `--meds.feature_dtype` rounding after the
+    sum, so every rank's float32 partial counts, then the layer diff): the one place the
+    engine's feature rows are made."""
     out = np.full((n_rollouts, feature_width(config, num_layers)), np.nan, dtype=np.float32)
     if not jobs:
         return out
@@ -110,10 +112,7 @@ def _assemble(n_rollouts, jobs, rank_results, config: MedsConfig, num_layers: in
             f"{window} (num_layers={num_layers}): build the engine with engine_kwargs of this config"
         )
     logits = both[:, kept:] if config.logit_lens else both[:, :kept]
-    logits = logits[:, kept - window :]
-    if config.layer_diff:
-        logits = np.diff(logits, axis=1)
-    out[[i for i, _, _, _ in jobs]] = logits
+    out[[i for i, _, _, _ in jobs]] = finish_logits(logits[:, kept - window :], config)
     return out
 
 
@@ -127,7 +126,8 @@ async def rollout_features(
 ) -> np.ndarray:
     """MEDS features of rollouts, computed by a patched `vllm.AsyncLLMEngine` (see
     `engine_kwargs`): float32 [rollouts, feature_width], NaN rows for rollouts without an
-    answer. Safe to await from many coroutines at once (each sees only its own requests).
+    answer, each per-layer logit at the precision of `config.feature_dtype`. Safe to await
+    from many coroutines at once (each sees only its own requests).
 
     `response_ids_list[i]`: the generated token ids of rollout i; `num_layers`: the
     model's decoder layers (the engine must have been built with the same config).

@@ -23,10 +23,12 @@ HUB = {
     "olympiadbench": ("math-ai/olympiadbench", "test", "question", "final_answer"),
 }
 # Prompt templates (`{}` is the problem; literal braces doubled, as str.format reads them).
-# qwen-math is the template the recipes train with (examples/scripts/common_qwen2.5_math_7b.sh).
+# qwen-math is the template the recipes train with (examples/scripts/common_qwen2.5_math_7b.sh):
+# the official run's messages (system, user, an empty assistant turn) as Qwen2.5's chat
+# template renders them with a generation prompt.
 TEMPLATES = {
     "qwen-math": "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}."
-    "<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n<|im_start|>assistant\n",
     "raw": "{}",
 }
 

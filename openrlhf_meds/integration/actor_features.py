@@ -144,7 +144,8 @@ class MedsPolicyModelActor(PolicyModelActor.__ray_metadata__.modified_class):
 
     Call `meds_setup(config)` on every actor of the group before the first training step
     (before or after `init_model_from_pretrained`: it only stores the config); each `forward`
-    then stashes its micro-batch's features and `meds_pop_features` hands them over.
+    then stashes its micro-batch's features and `meds_pop_features` hands them over. With
+    `--meds.features semantic` the forward is upstream's alone (the trainer embeds the texts).
     """
 
     def meds_setup(self, config: dict) -> None:
@@ -156,6 +157,8 @@ class MedsPolicyModelActor(PolicyModelActor.__ray_metadata__.modified_class):
     ):
         if getattr(self, "meds", None) is None:
             raise RuntimeError("MedsPolicyModelActor.forward called before meds_setup()")
+        if self.meds.features == "semantic":  # the trainer embeds the texts: no hooks, nothing stashed
+            return super().forward(sequences, action_mask, attention_mask, packed_seq_lens, mm_train_inputs_list)
         check_parallelism(self.strategy.args.ds)
         with feature_capture(
             self.actor, self.tokenizer, self.meds, sequences, action_mask, attention_mask, self.strategy.ring_attn_group

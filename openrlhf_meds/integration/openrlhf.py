@@ -33,9 +33,12 @@ EVAL_METRICS = "openrlhf.trainer.ppo_trainer.compute_eval_metrics"
 REPLACED = {
     HIERARCHIZE: "always: checks OpenRLHF's flags against MEDS's (check_openrlhf_args); prints them for --dry_run",
     EVAL_METRICS: "always: adds the unbiased pass@k and mean@n per eval dataset (eval_metrics.with_pass_at_k)",
-    PPO_TRAINER: "MEDS on: a factory that starts the MemoryActor shards, then trainer.MedsPPOTrainer",
-    ROLLOUT_ACTOR: "--meds.feature_source vllm: rollout_actor.MedsEngines (engines emit features, feed the memory)",
-    POLICY_ACTOR: "--meds.feature_source actor: actor_features.MedsPolicyModelActor (features in the log-prob forward)",
+    PPO_TRAINER: "MEDS or --meds.diversity on: a factory that starts the MemoryActor shards (MEDS on), then "
+    "trainer.MedsPPOTrainer",
+    ROLLOUT_ACTOR: "--meds.feature_source vllm: rollout_actor.MedsEngines (engines emit features, feed the memory "
+    "and the train/div/* metrics)",
+    POLICY_ACTOR: "--meds.feature_source actor: actor_features.MedsPolicyModelActor (features in the log-prob "
+    "forward); --entropy_adv.coef > 0: entropy_advantage.policy_actor on top of the class in use (the advantage bonus)",
 }
 
 
@@ -67,18 +70,22 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
     def get(name):
         return getattr(flat, name, None)
 
-    if not config.enable:
-        return
+    if not config.enable and not config.diversity:
+        return  # plain OpenRLHF
+    # The baseline with --meds.diversity still runs MEDS's engines (features, verdicts).
+    off = "--meds.enable false" if config.enable else "--meds.diversity false"
     if not (get("reward.remote_url") or get("train.agent_func_path")):
         raise SystemExit(
             "error: MEDS needs the rule-based verifier's scores: pass --reward.remote_url "
-            "(a reward_func .py or a reward server), or --meds.enable false"
+            f"(a reward_func .py or a reward server), or {off}"
         )
     if get("train.async_enable"):
         raise SystemExit(
             "error: --train.async_enable is not supported with MEDS yet (the memory needs "
-            "each step's groups before the next step's); drop it or pass --meds.enable false"
+            f"each step's groups before the next step's); drop it or pass {off}"
         )
+    if config.eval_before_training and not get("eval.dataset"):
+        raise SystemExit("error: --meds.eval_before_training needs the validation data: pass --eval.dataset")
     if config.feature_source == "vllm" and not get("vllm.num_engines"):
         raise SystemExit("error: --meds.feature_source vllm needs vLLM engines (--vllm.num_engines >= 1)")
 
@@ -101,8 +108,8 @@ def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]
     from .eval_metrics import with_pass_at_k
 
     replace = {HIERARCHIZE: checked_hierarchize, EVAL_METRICS: with_pass_at_k(ppo_trainer.compute_eval_metrics)}
-    if not config.enable:
-        return replace
+    if not config.enable and not config.diversity:
+        return replace  # plain OpenRLHF
 
     from ..memory.client import MemoryClient
     from .rollout_actor import MedsEngines
@@ -112,7 +119,7 @@ def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]
         """Stands in for PPOTrainer.remote in train(): Ray is up and the engines exist."""
         import ray
 
-        memory = MemoryClient.start(config, name="meds-memory")
+        memory = MemoryClient.start(config, name="meds-memory") if config.enable else None
         trainer = MedsPPOTrainer.remote(*args, **kwargs)
         ray.get(trainer.meds_setup.remote(config.to_dict(), memory))
         return trainer

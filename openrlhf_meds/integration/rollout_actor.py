@@ -3,14 +3,18 @@
 `generate_responses` produces the n rollouts of one prompt. Right after, still inside the
 engine actor and while other prompts keep generating, this subclass computes the rollouts'
 MEDS features (`--meds.feature_source vllm`: a re-prefill on the same engine, see
-`openrlhf_meds.engine`), submits the group with its raw verdicts (score >= 0.5) to the
+`openrlhf_meds.engine`; with `--meds.features semantic` the text embeddings of
+`openrlhf_meds.meds.semantic`), submits the group with its raw verdicts (score >= 0.5) to the
 MemoryActor, and tags every response with the group id so the trainer can fetch the
-penalties. It runs only with `--meds.feature_source vllm`; with `actor` OpenRLHF's own engines
-generate and the trainer submits the groups (`actor_features.py`).
+penalties. With `--meds.diversity` it also tags the responses with the group's diversity metrics
+(`meds_div_*`, read by the trainer), MEDS on or off. It runs only with
+`--meds.feature_source vllm`; with `actor` OpenRLHF's own engines generate and the trainer
+submits the groups (`actor_features.py`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import numpy as np
@@ -22,6 +26,33 @@ from ..memory.client import MemoryClient
 
 # Per-sample tags put in each response's extra_logs (OpenRLHF turns them into Experience.info).
 GROUP_ID, ROLLOUT, HAS_FEATURE = "meds_group_id", "meds_rollout", "meds_has_feature"
+DIVERSITY = "meds_div_"  # + metric name: the group's value, on each of its samples
+
+
+def final_answer(tokenizer, generated_ids) -> str | None:
+    """The rollout's final answer: the contents of its last \\boxed{} (None without one)."""
+    from ..verify import extract_boxed
+
+    return extract_boxed(tokenizer.decode(generated_ids, skip_special_tokens=True))
+
+
+def semantic_encoder(config: MedsConfig):
+    """The `--meds.features semantic` encoder of this process (loaded on first use): on the
+    process's GPU when Ray gave it one (a tensor-parallel-1 engine actor), else on the CPU."""
+    import torch
+
+    from ..meds.semantic import SemanticEncoder
+
+    # Only inside Ray: outside it, get_gpu_ids() would start a local Ray instance.
+    gpu = ray.is_initialized() and bool(ray.get_gpu_ids())
+    return SemanticEncoder(config.embedding_model, device="cuda" if gpu and torch.cuda.is_available() else "cpu")
+
+
+def diversity_tags(feats, answers, correct) -> dict[str, float]:
+    """The group's diversity metrics (openrlhf_meds.meds.diversity) as per-sample tags."""
+    from ..meds.diversity import group_diversity
+
+    return {DIVERSITY + name: float(value) for name, value in group_diversity(feats, answers, correct).items()}
 
 
 def prompt_key(prompt: str) -> str:
@@ -73,18 +104,21 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
         responses = await super().generate_responses(
             prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=num_samples, images=images
         )
-        gid, has_feature = -1, np.zeros(len(responses), bool)
-        if self.meds_submit:
-            if self.memory is None:
+        tags = {GROUP_ID: -1, HAS_FEATURE: np.zeros(len(responses), int)}
+        if self.meds_submit:  # a training group (evaluation rollouts get neither memory nor metrics)
+            if self.meds.enable and self.memory is None:
                 raise RuntimeError("MEDS rollout engine used before meds_setup() gave it the memory")
-            gid, has_feature = await self._submit(prompt, responses, hf_tokenizer)
+            tags = await self._features_and_memory(prompt, responses, hf_tokenizer)
         for i, r in enumerate(responses):
             logs = r.get("extra_logs") or {}
-            logs.update({GROUP_ID: gid, ROLLOUT: i, HAS_FEATURE: int(has_feature[i])})
+            logs.update({key: value if np.isscalar(value) else value[i] for key, value in tags.items()})
+            logs[ROLLOUT] = i
             r["extra_logs"] = logs
         return responses
 
-    async def _submit(self, prompt, responses, tokenizer):
+    async def _features_and_memory(self, prompt, responses, tokenizer) -> dict:
+        """Features of the group; submitted to the memory with MEDS on; its diversity metrics
+        with --meds.diversity. Returns the per-sample tags {name: scalar or [n] values}."""
         from ..engine.client import rollout_features
 
         scores = [r.get("scores") for r in responses]
@@ -92,17 +126,30 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
             raise RuntimeError("MEDS needs the verifier's score of every rollout (--reward.remote_url)")
         scores = np.asarray([float(s) for s in scores])
         ids = [response_ids(r) for r in responses]
-        feats = await rollout_features(
-            self.llm, tokenizer, [p for p, _ in ids], [g for _, g in ids], self.meds, self.meds_num_layers
-        )
-        has_feature = ~np.isnan(feats).all(axis=1)
+        if self.meds.features == "semantic":
+            if getattr(self, "meds_encoder", None) is None:  # one encoder per engine actor
+                self.meds_encoder = semantic_encoder(self.meds)
+            # In a thread: the encoder's forward must not block the actor's event loop, which
+            # keeps streaming the other prompts' generations.
+            feats = await asyncio.to_thread(self.meds_encoder.rollout_features, tokenizer, [g for _, g in ids])
+        else:
+            feats = await rollout_features(
+                self.llm, tokenizer, [p for p, _ in ids], [g for _, g in ids], self.meds, self.meds_num_layers
+            )
+        answers = [final_answer(tokenizer, g) for _, g in ids]
+        tags = {GROUP_ID: -1, HAS_FEATURE: (~np.isnan(feats).all(axis=1)).astype(int)}
+        if self.meds.diversity:
+            tags.update(diversity_tags(feats, answers, scores >= 0.5))
+        if not self.meds.enable:
+            return tags
         if self.filter_range is not None and not self.meds.filtered_into_memory:
             lo, hi = self.filter_range
             if not lo < scores.mean() < hi:
-                return -1, has_feature  # OpenRLHF will drop this group: keep it out, as the reference
-        gid, ack = self.memory.submit(prompt_key(prompt), self.meds_step, feats, scores >= 0.5)
+                return tags  # OpenRLHF will drop this group: keep it out, as the reference
+        gid, ack = self.memory.submit(prompt_key(prompt), self.meds_step, feats, scores >= 0.5, answers=answers)
         await ack
-        return gid, has_feature
+        tags[GROUP_ID] = gid
+        return tags
 
 
 class MedsEngines:

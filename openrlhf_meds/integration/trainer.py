@@ -10,6 +10,10 @@ One step, as `openrlhf_meds.train_grpo` wires it:
    (dynamic filtering and logging use them);
 3. `MedsPPOTrainer` adds `meds/*` metrics to the step's logs, tells the engines the step
    number, and saves / restores the memory with every checkpoint.
+
+With `--meds.diversity` the engines also tag each group's diversity metrics and the trainer
+logs their step means as `div/*`; with `--meds.enable false` that is all it does (no memory,
+rewards untouched), so a baseline run reports the same `train/div/*` numbers.
 """
 
 from __future__ import annotations
@@ -27,7 +31,16 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from ..meds.config import MedsConfig
 from ..meds.shaping import shape_rewards
 from ..memory.client import MemoryClient
-from .rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT, prompt_key
+from .rollout_actor import (
+    DIVERSITY,
+    GROUP_ID,
+    HAS_FEATURE,
+    ROLLOUT,
+    diversity_tags,
+    final_answer,
+    prompt_key,
+    semantic_encoder,
+)
 
 MEMORY_DIR = "meds_memory"  # under --ckpt.path: one snapshot per saved step
 
@@ -36,10 +49,33 @@ def snapshot_dir(ckpt_path: str, global_step: int) -> str:
     return os.path.join(ckpt_path, MEMORY_DIR, f"global_step{global_step}")
 
 
+def response_tokens(samples, j: int) -> list[int]:
+    """Generated token ids of row j of an OpenRLHF Experience (right-padded sequences whose
+    last `action_mask.shape[1]` columns are the response)."""
+    actions = samples.sequences[j, -samples.action_mask.shape[1] :]
+    return actions[samples.action_mask[j].bool()].tolist()
+
+
+def diversity_metrics(experiences) -> dict[str, float]:
+    """`div/<name>`: each group's diversity metric, averaged over the step's groups (every
+    sample carries its group's value, and groups have n samples each); NaN values, a metric
+    undefined for a group, are left out. Pops the tags from `info`."""
+    values: dict[str, list] = {}
+    for e in experiences:
+        for tag in [t for t in e.info if t.startswith(DIVERSITY)]:
+            values.setdefault(tag[len(DIVERSITY) :], []).append(e.info.pop(tag).float().cpu().numpy())
+    metrics = {}
+    for name, parts in values.items():
+        v = np.concatenate(parts)
+        v = v[~np.isnan(v)]
+        metrics[f"div/{name}"] = float(v.mean()) if len(v) else float("nan")
+    return metrics
+
+
 class MedsExperienceMaker(RemoteExperienceMaker):
     """OpenRLHF's experience maker with MEDS reward shaping before the advantages."""
 
-    def __init__(self, *args, meds: MedsConfig, memory: MemoryClient, **kwargs):
+    def __init__(self, *args, meds: MedsConfig, memory: MemoryClient | None, **kwargs):
         super().__init__(*args, **kwargs)
         self.meds, self.memory = meds, memory
         self.step = 0  # the training step of the batch being made (set by the trainer)
@@ -54,35 +90,63 @@ class MedsExperienceMaker(RemoteExperienceMaker):
 
     def submit_actor_features(self, samples_list):
         """--meds.feature_source actor: the features were read in the log-prob forward that
-        just ran; submit each prompt group to the memory and tag its samples, as the
-        engines do with --meds.feature_source vllm."""
-        from .actor_features import actor_features
+        just ran (with --meds.features semantic: the encoder embeds the response texts here);
+        submit each prompt group to the memory and tag its samples, as the engines do with
+        --meds.feature_source vllm."""
+        if self.meds.features == "semantic":
+            feats = self.semantic_features(samples_list)
+        else:
+            from .actor_features import actor_features
 
-        feats = actor_features(
-            self.actor_model_group, samples_list, self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size
-        )
+            feats = actor_features(
+                self.actor_model_group, samples_list, self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size
+            )
         n = self.args.rollout.n_samples_per_prompt
         groups: dict[int, list[tuple[int, int]]] = {}  # OpenRLHF's group identity: index // n
         for k, samples in enumerate(samples_list):
             for j, index in enumerate(samples.index):
                 groups.setdefault(index // n, []).append((k, j))
-        acks, gids = [], {}
+        acks, gids, div = [], {}, {}
         for g, members in groups.items():
             members.sort(key=lambda kj: samples_list[kj[0]].index[kj[1]])
             k0, j0 = members[0]
             group_feats = np.stack([feats[k][j] for k, j in members])
             correct = np.array([bool(samples_list[k].scores[j] >= 0.5) for k, j in members])
-            gids[g], ack = self.memory.submit(prompt_key(samples_list[k0].prompts[j0]), self.step, group_feats, correct)
-            acks.append(ack)
+            answers = [final_answer(self.tokenizer, response_tokens(samples_list[k], j)) for k, j in members]
+            if self.meds.diversity:
+                div[g] = diversity_tags(group_feats, answers, correct)
+            gids[g] = -1
+            if self.meds.enable:
+                key = prompt_key(samples_list[k0].prompts[j0])
+                gids[g], ack = self.memory.submit(key, self.step, group_feats, correct, answers=answers)
+                acks.append(ack)
         ray.get(acks)
         for k, samples in enumerate(samples_list):
             samples.info[GROUP_ID] = torch.tensor([gids[i // n] for i in samples.index])
             samples.info[ROLLOUT] = torch.tensor([i % n for i in samples.index])
             samples.info[HAS_FEATURE] = torch.tensor((~np.isnan(feats[k]).all(axis=1)).astype(np.int64))
+            for name in div.get(samples.index[0] // n, {}):
+                samples.info[name] = torch.tensor([div[i // n][name] for i in samples.index])
+
+    def semantic_features(self, samples_list) -> list[np.ndarray]:
+        """--meds.features semantic with --meds.feature_source actor: each rollout's response
+        text embedded by the encoder (loaded once, in this process), one float32 array per
+        entry of `samples_list` as `actor_features` gives (NaN rows: no `\\boxed{` answer)."""
+        if getattr(self, "meds_encoder", None) is None:
+            self.meds_encoder = semantic_encoder(self.meds)
+        responses = [response_tokens(s, j) for s in samples_list for j in range(len(s.sequences))]
+        feats = self.meds_encoder.rollout_features(self.tokenizer, responses)
+        return np.split(feats, np.cumsum([len(s.sequences) for s in samples_list])[:-1])
 
     @torch.no_grad()
     def compute_advantages_and_returns(self, experiences):
-        self.step_metrics = self.shape_rewards(experiences)
+        self.step_metrics = diversity_metrics(experiences)
+        if self.meds.enable:
+            self.step_metrics.update(self.shape_rewards(experiences))
+        else:  # the baseline: features for train/div/* only, rewards untouched
+            for e in experiences:
+                for tag in (GROUP_ID, ROLLOUT, HAS_FEATURE):
+                    e.info.pop(tag, None)
         return super().compute_advantages_and_returns(experiences)
 
     def shape_rewards(self, experiences) -> dict:
@@ -137,8 +201,9 @@ class MedsExperienceMaker(RemoteExperienceMaker):
 class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
     """OpenRLHF's PPOTrainer with the MEDS memory: shaping, metrics, checkpoints."""
 
-    def meds_setup(self, config: dict, memory: MemoryClient):
-        """Called by train_grpo right after construction (before fit)."""
+    def meds_setup(self, config: dict, memory: MemoryClient | None):
+        """Called by train_grpo right after construction (before fit). `memory` is None for
+        the baseline (--meds.enable false with --meds.diversity)."""
         self.meds, self.memory = MedsConfig(**config), memory
         self.experience_maker = MedsExperienceMaker(
             self.actor_model_group,
@@ -166,7 +231,7 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
     def init_checkpoint_states(self):
         states = super().init_checkpoint_states()
         step = states["global_step"]
-        if step > 0:  # resuming: the memory must be the one saved with this checkpoint
+        if step > 0 and self.memory is not None:  # resuming: the memory must be the one saved with this checkpoint
             path = snapshot_dir(self.args.ckpt.path, step)
             if not os.path.isdir(path):
                 raise FileNotFoundError(
@@ -177,12 +242,23 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
             manifest = self.memory.restore(path)
             self.strategy.print(f"MEDS: memory restored from {path} ({manifest['vectors']} vectors)")
         self._engines_at_step(step)
+        if step == 0 and self.meds.eval_before_training and self.eval_dataloader:
+            # fit calls this first; step 0 is a fresh run: validate the base model as fit
+            # validates after a step (same generation settings), logged at step 0.
+            kwargs = {
+                **self.generate_kwargs,
+                "temperature": self.args.eval.temperature,
+                "n_samples_per_prompt": self.args.eval.n_samples_per_prompt,
+            }
+            self.evaluate(0, **kwargs)
         return states
 
     def train_step(self, rollout_samples, global_step: int):
         status, next_step = super().train_step(rollout_samples, global_step)
         self._engines_at_step(next_step)
         status.update(self.experience_maker.step_metrics)
+        if self.memory is None:
+            return status, next_step
         stats = self.memory.stats(reset=True)
         status.update(
             {
@@ -195,6 +271,7 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
                 "meds/queue_depth": stats["queue_depth"],
                 "meds/rejected_nan_or_inf": stats.get("rejected_nan", 0) + stats.get("rejected_inf", 0),
                 "meds/memory_restarts": stats.get("restarts", 0),
+                "meds/cluster_answer_agreement": stats.get("cluster_answer_agreement", 0.0),
             }
         )
         return status, next_step
@@ -208,7 +285,7 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
 
     def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None):
         super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
-        if global_step % self.args.ckpt.save_steps == 0:
+        if self.memory is not None and global_step % self.args.ckpt.save_steps == 0:
             path = self.memory.snapshot(snapshot_dir(self.args.ckpt.path, global_step), step=global_step)
             # Keep as many memory snapshots as DeepSpeed keeps checkpoints.
             root = os.path.join(self.args.ckpt.path, MEMORY_DIR)

@@ -11,23 +11,24 @@ import numpy as np
 BRACE_WINDOW = 10  # the fallback looks for "{" in the "boxed" token and the 9 after it
 
 # Per tokenizer: the token ids of "\\boxed{" and, for every vocabulary id, whether that
-# token's decoded text contains "boxed" / "{" (built once: decoding 150k tokens takes time,
+# token's raw string contains "boxed" (any case) / "{" (built once: 150k tokens take ~0.2 s,
 # and even len(tokenizer) costs ~70 ms in transformers 5, so it is not re-checked per call).
+# A tokenizer given new tokens after its first call keeps its old tables.
 _vocab_cache: weakref.WeakKeyDictionary[Any, tuple[np.ndarray, np.ndarray, np.ndarray]] = weakref.WeakKeyDictionary()
 
 
 def _vocab_tables(tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tables = _vocab_cache.get(tokenizer)
     if tables is None:
-        ids = [[i] for i in range(len(tokenizer))]
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        # The Rust backend decodes the whole vocabulary ~10x faster than batch_decode; the
-        # Python-side space clean-up it skips cannot add or remove "boxed" or "{".
-        texts = (
-            backend.decode_batch(ids, skip_special_tokens=False) if backend is not None else tokenizer.batch_decode(ids)
-        )
+        # The reference reads the raw token strings (convert_ids_to_tokens), not decoded text:
+        # they differ for byte-fallback tokens such as sentencepiece's "<0x7B>" for "{".
+        # Some remote-code tokenizers (tiktoken-based) give bytes; None marks an unused id.
+        texts = [
+            t.decode("utf-8", "replace") if isinstance(t, bytes) else (t or "")
+            for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        ]
         pattern = np.asarray(tokenizer.encode("\\boxed{", add_special_tokens=False), dtype=np.int64)
-        has_boxed = np.fromiter(("boxed" in t for t in texts), dtype=bool, count=len(texts))
+        has_boxed = np.fromiter(("boxed" in t.lower() for t in texts), dtype=bool, count=len(texts))
         has_brace = np.fromiter(("{" in t for t in texts), dtype=bool, count=len(texts))
         tables = _vocab_cache[tokenizer] = (pattern, has_boxed, has_brace)
     return tables
@@ -63,11 +64,13 @@ def _flag(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def answer_target(response_ids, tokenizer) -> tuple[int, int] | None:
     """Find the brace token of the final `\\boxed{` and the first answer token after it.
 
-    Returns `(p, y_star)`: `p` is the index in `response_ids` of the brace token (the last
-    token of the last exact match of `tokenizer.encode("\\boxed{")`, else the first token
-    whose text contains "{" among the last "boxed"-containing token and the 9 tokens after
-    it), and `y_star = response_ids[p + 1]`. Returns None if no brace token is found or
-    it is the last response token (the rollout has no feature).
+    Returns `(p, y_star)`: `p` is the index in `response_ids` of the brace token and
+    `y_star = response_ids[p + 1]`. The brace token is the last token of the last exact match
+    of `tokenizer.encode("\\boxed{")`; without one, the fallback scans the raw token strings
+    from the end for a token containing "boxed" in any case, and takes the first token
+    containing "{" among it and the 9 tokens after it; a "boxed" token with no brace there
+    passes the scan on to the previous "boxed" token. Returns None if no brace token is
+    found or it is the last response token (the rollout has no feature).
 
     `response_ids`: the response only (no prompt), as a list, numpy array or 1-D tensor.
     """
@@ -75,14 +78,13 @@ def answer_target(response_ids, tokenizer) -> tuple[int, int] | None:
     pattern, has_boxed, has_brace = _vocab_tables(tokenizer)
     p = _last_exact_match(ids, pattern)
     if p is None:
-        boxed = np.flatnonzero(_flag(has_boxed, ids))
-        if boxed.size == 0:
+        for start in np.flatnonzero(_flag(has_boxed, ids))[::-1].tolist():
+            braces = np.flatnonzero(_flag(has_brace, ids[start : start + BRACE_WINDOW]))
+            if braces.size:
+                p = start + int(braces[0])
+                break
+        else:
             return None
-        start = int(boxed[-1])
-        braces = np.flatnonzero(_flag(has_brace, ids[start : start + BRACE_WINDOW]))
-        if braces.size == 0:
-            return None
-        p = start + int(braces[0])
     if p + 1 >= len(ids):
         return None
     return p, int(ids[p + 1])

@@ -32,6 +32,8 @@ ASSIGNMENTS = ("knn_prev", "joint")
 NOISE = ("cluster", "zero")
 CLUSTERINGS = ("exact", "hdbscan", "random", "single")
 FEATURE_SOURCES = ("vllm", "actor")
+FEATURE_DTYPES = ("bf16", "float32")
+FEATURE_KINDS = ("logits", "semantic")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class Knob:
 
     kind: "bool", "number" (a finite float >= lo), "int" (an integer >= lo, <= hi if given,
     or 0 when `zero` names what 0 means, or one of `words`), "choice" (one of `choices`),
-    "path" (a string) or "preset" (a shipped preset name or a YAML path).
+    "path" (a directory path), "model" (a local model directory or a Hugging Face hub name) or
+    "preset" (a shipped preset name or a YAML path).
     """
 
     what: str
@@ -62,6 +65,8 @@ class Knob:
             return "one of " + "|".join(self.choices)
         if self.kind == "path":
             return "a directory path"
+        if self.kind == "model":
+            return "a local model directory or a Hugging Face hub name"
         if self.kind == "preset":
             return f"a shipped preset ({', '.join(list_presets())}) or the path of a YAML file"
         if self.hi is not None:
@@ -80,7 +85,7 @@ class Knob:
             return isinstance(value, bool)
         if self.kind == "choice":
             return value in self.choices
-        if self.kind == "path":
+        if self.kind in ("path", "model"):
             return isinstance(value, str)
         if self.kind == "preset":
             return value is None or (isinstance(value, str) and value != "")
@@ -138,12 +143,17 @@ class Conflict:
 
 @dataclass
 class MedsConfig:
-    """All MEDS knobs. Defaults reproduce the official MEDS code (see docs/algorithm.md)."""
+    """All MEDS knobs. Defaults reproduce the official MEDS code (see docs/algorithm.md).
+
+    `beta=None` (the default) becomes `2 * alpha` when the config is built, so a config
+    never holds None; `resolve_config` builds it once defaults, preset and flags are merged.
+    """
 
     enable: bool = _knob(
         True,
-        "MEDS on; false runs the plain OpenRLHF baseline through the same entry point (the other --meds.* "
-        "flags are then accepted and unused, so a recipe's flags work for both)",
+        "MEDS on; false runs the GRPO baseline through the same entry point: no memory, rewards untouched "
+        "(the other --meds.* flags are then accepted and unused, so a recipe's flags work for both); "
+        "with --meds.diversity true the baseline still computes features, for train/div/* only",
         "bool",
     )
     alpha: float = _knob(
@@ -154,11 +164,13 @@ class MedsConfig:
         "number",
         lo=0,
     )
-    beta: float = _knob(
-        0.2,
-        "penalty cap: the largest penalty (the official code caps ln(|C|+1) at 2.0, i.e. beta = 2*alpha)",
+    beta: float | None = _knob(
+        None,
+        "penalty cap: the largest penalty; the default follows alpha as the official code does (it caps "
+        "ln(|C|+1) at 2.0), a value from this flag or a preset replaces it",
         "number",
         lo=0,
+        default_text="2 x alpha",
     )
     layers: int | str = _knob(
         14,
@@ -177,6 +189,27 @@ class MedsConfig:
         False,
         "feature: apply the final norm to every layer's hidden state (the reference norms only the last layer)",
         "bool",
+    )
+    feature_dtype: str = _knob(
+        "bf16",
+        "precision of each per-layer logit of the feature: bf16 (the official code's lm_head under bf16 "
+        "autocast): rounded to bfloat16, then stored as float32; float32: the float32 dot product as it is",
+        "choice",
+        choices=FEATURE_DTYPES,
+    )
+    features: str = _knob(
+        "logits",
+        "what a rollout's feature is: logits (the reference): its per-layer answer-token logits; semantic "
+        "(the paper's ablation): the mean-pooled, L2-normalised last hidden state of the response text "
+        "under the encoder --meds.embedding_model (rollouts without a \\boxed{} answer still get none)",
+        "choice",
+        choices=FEATURE_KINDS,
+    )
+    embedding_model: str = _knob(
+        "",
+        "the Hugging Face encoder (AutoModel + AutoTokenizer) of --meds.features semantic; required there",
+        "model",
+        default_text="none",
     )
     target: str = _knob(
         "wrong",
@@ -228,6 +261,19 @@ class MedsConfig:
         "choice",
         choices=FEATURE_SOURCES,
     )
+    diversity: bool = _knob(
+        True,
+        "log train/div/* every step (eigen ratio and effective rank of each group's features, distinct "
+        "final answers, answer entropy, repeated-error rate, within-group pass@k), MEDS on or off; "
+        "with --meds.enable false, false runs plain OpenRLHF (the timing baseline)",
+        "bool",
+    )
+    eval_before_training: bool = _knob(
+        False,
+        "evaluate on --eval.dataset once before the first training step (logged as step 0, eval rollouts "
+        "stay out of the memory), as the official run validates the base model; not on resume",
+        "bool",
+    )
     memory_shards: int = _knob(
         1,
         "number of MemoryActor shards (Ray actors, CPU only); prompts are spread over them by a stable hash",
@@ -261,6 +307,10 @@ class MedsConfig:
     )
 
     def __post_init__(self):
+        # beta None = tied to alpha, resolved here so that it follows the alpha of the merged
+        # defaults, preset and flags; an invalid alpha is left for validate() to name.
+        if self.beta is None and KNOBS["alpha"].accepts(self.alpha):
+            self.beta = 2 * self.alpha
         self.validate()
 
     def validate(self, given: Iterable[str] = ()) -> MedsConfig:
@@ -273,6 +323,16 @@ class MedsConfig:
             value = getattr(self, name)
             if not knob.accepts(value):
                 raise ValueError(f"--meds.{name}: must be {knob.range_text()}, got {value!r}")
+        if self.features == "semantic" and not self.embedding_model:
+            raise ValueError(
+                "--meds.features semantic needs --meds.embedding_model PATH: the encoder (a local model "
+                "directory or a Hugging Face hub name) that embeds each response's text"
+            )
+        if self.eval_before_training and not (self.enable or self.diversity):
+            raise ValueError(
+                "--meds.eval_before_training needs MEDS's trainer: with --meds.enable false keep "
+                "--meds.diversity true (plain OpenRLHF evaluates only after training steps)"
+            )
         given = set(given)
         for rule in CONFLICTS:
             other, value = getattr(self, rule.other), getattr(self, rule.knob)
@@ -317,6 +377,16 @@ CONFLICTS = (
         "clustering",
         tuple(c for c in CLUSTERINGS if c != "random"),
         "only --meds.clustering random draws random numbers",
+    ),
+    Conflict(
+        "embedding_model",
+        "features",
+        ("logits",),
+        "the encoder is used only by --meds.features semantic",
+    ),
+    *(
+        Conflict(name, "features", ("semantic",), "semantic features do not use the per-layer logits")
+        for name in ("layers", "layer_diff", "logit_lens", "feature_dtype")
     ),
     Conflict(
         "filtered_into_memory",
@@ -416,7 +486,7 @@ def resolve_config(
 
 # ---------------------------------------------------------------- command line
 
-_METAVARS = {"bool": "true|false", "number": "X", "int": "N", "path": "DIR", "preset": "NAME|PATH"}
+_METAVARS = {"bool": "true|false", "number": "X", "int": "N", "path": "DIR", "model": "PATH", "preset": "NAME|PATH"}
 
 
 def add_meds_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -4,6 +4,10 @@
 Only one hidden row per layer and sequence is kept (forward hooks), the forward stops at the
 final norm (no lm_head over the sequence), and the logits use the single lm_head row of the
 target token, so the cost beyond a plain forward is O(layers x hidden) per rollout.
+
+Every feature source (these hooks, the vLLM engines, the policy forward) ends with
+`finish_logits`: each per-layer logit rounded to `--meds.feature_dtype` (bf16 by default, as
+the official code's lm_head under bf16 autocast gives it), then the optional layer diff.
 """
 
 from __future__ import annotations
@@ -34,6 +38,50 @@ def feature_width(config: MedsConfig, num_layers: int) -> int:
             f"has {num_layers} decoder layers, i.e. {available} {what}"
         )
     return n
+
+
+def round_logits(logits, config: MedsConfig):
+    """Per-layer logits at the precision `--meds.feature_dtype` asks for, as float32.
+
+    bf16: each value rounded to the nearest bfloat16 (ties to even, torch's and CUDA's
+    float -> bfloat16 conversion) and held as float32, as the official code's lm_head under
+    bf16 autocast returns it (then cast to float); float32: unchanged. `logits` is a torch
+    tensor or a numpy array; the result is of the same kind. NaN stays NaN.
+    """
+    if config.feature_dtype == "float32":
+        return logits
+    if isinstance(logits, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)).to(torch.bfloat16).float().numpy()
+    return logits.float().to(torch.bfloat16).float()
+
+
+def finish_logits(logits, config: MedsConfig):
+    """The feature from per-layer logits `[rows, n]` (`[rows, n + 1]` with `layer_diff`), the
+    last step of every feature source: each logit rounded (`round_logits`), then with
+    `--meds.layer_diff` the differences of consecutive layers, taken in float32 on the
+    rounded logits (as the reference diffs the logits it got from its bf16 lm_head).
+    Torch tensor or numpy array in, the same kind out."""
+    logits = round_logits(logits, config)
+    if not config.layer_diff:
+        return logits
+    return np.diff(logits, axis=1) if isinstance(logits, np.ndarray) else logits.diff(dim=1)
+
+
+def bf16_steps(a, b) -> np.ndarray:
+    """How many bfloat16 numbers apart `a` and `b` are, elementwise (0: bit-equal, 1:
+    neighbours); both must hold bfloat16 values stored as float32 (ValueError otherwise).
+    +0 and -0 count as equal. Used to compare features from different sources."""
+    a, b = (np.ascontiguousarray(x) for x in np.broadcast_arrays(np.asarray(a, np.float32), np.asarray(b, np.float32)))
+
+    def ordered(x):
+        bits = x.view(np.uint32)
+        if (bits & 0xFFFF).any():
+            raise ValueError("bf16_steps needs bfloat16 values (float32 with the low 16 bits zero)")
+        top = (bits >> 16).astype(np.int64)
+        # Sign-magnitude to one integer line on which neighbouring bfloat16 numbers differ by 1.
+        return np.where(top & 0x8000, -(top & 0x7FFF), top)
+
+    return np.abs(ordered(a) - ordered(b))
 
 
 def decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module, nn.Module]:
@@ -96,8 +144,9 @@ def layer_logit_features(
     `(l_{L-n+1}, ..., l_L)` with `l_k = W_lm[y*] . h_k (+ bias)`, where h_k is the residual
     stream at the brace after k layers and h_L is after the final norm (`config.logit_lens`:
     every h_k is normed); with `config.layer_diff`, the last n of `diff(l_1..l_L)`.
-    The dot products are float32 whatever the model's dtype. The model is run as it is
-    (call `.eval()` first if it has dropout).
+    The dot products are float32 whatever the model's dtype; each l_k is then rounded to
+    `config.feature_dtype` (bf16 by default, see `round_logits`) before any diff. The model
+    is run as it is (call `.eval()` first if it has dropout).
     """
     inner, layers, _, lm_head = decoder_parts(model)
     n = feature_width(config, len(layers))
@@ -158,9 +207,10 @@ def logits_from_rows(
     model: nn.Module, captured: dict[int, torch.Tensor], targets: torch.Tensor, config: MedsConfig
 ) -> torch.Tensor:
     """The features [batch, feature_width] (float32) from the rows `capture_feature_rows`
-    kept and the target tokens y* (long, on the model's device): `W_lm[y*] . h_k (+ bias)`,
-    see `layer_logit_features`. Under DeepSpeed ZeRO-3, call it with the lm_head's (and for
-    `config.logit_lens` the final norm's) parameters gathered."""
+    kept and the target tokens y* (long, on the model's device): `W_lm[y*] . h_k (+ bias)`
+    in float32, finished by `finish_logits` (rounding, diff), see `layer_logit_features`.
+    Under DeepSpeed ZeRO-3, call it with the lm_head's (and for `config.logit_lens` the final
+    norm's) parameters gathered."""
     _, _, norm, lm_head = decoder_parts(model)
     ks = sorted(captured)
     hidden = [norm(captured[k]) if config.logit_lens else captured[k] for k in ks[:-1]]
@@ -170,7 +220,7 @@ def logits_from_rows(
     logits = torch.einsum("bkh,bh->bk", hidden, weight)
     if getattr(lm_head, "bias", None) is not None:
         logits = logits + lm_head.bias[targets].float()[:, None]
-    return logits.diff(dim=1) if config.layer_diff else logits
+    return finish_logits(logits, config)
 
 
 def response_features(
@@ -182,7 +232,8 @@ def response_features(
     batch_size: int = 8,
 ) -> np.ndarray:
     """Features of whole rollouts: a float32 array [rollouts, feature_width], NaN rows for
-    rollouts without a feature (no `\\boxed{` answer, see `answer_target`).
+    rollouts without a feature (no `\\boxed{` answer, see `answer_target`); values at the
+    precision of `config.feature_dtype`, as `layer_logit_features`.
 
     Finds each target with `answer_target`, feeds prompt + response up to the brace token
     (nothing after it matters), right padded, `batch_size` rollouts per forward.

@@ -1,7 +1,10 @@
 """The per-prompt error memory of MEDS (spec §2-3).
 
-Each key `(prompt_key, correct)` stores the feature vectors of its past rollouts (float32)
-and the cluster labels of its last clustering. One training step, per key:
+Each key `(prompt_key, correct)` stores the feature vectors of its past rollouts (float32),
+the cluster labels of its last clustering and, when the caller passes them, each rollout's
+final answer (an int32 id into one table of answer strings per memory; the answers never
+change a penalty, they let `stats()` and `openrlhf_meds.tools.inspect_memory` say what the
+clusters hold). One training step, per key:
 1. assign: each new vector votes among its k nearest stored vectors (cosine, raw vectors)
    for a label of the previous clustering; |C| is the number of stored vectors with it;
 2. append the new vectors;
@@ -29,8 +32,9 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from .clustering import normalize_rows, recluster
+from .clustering import normalize_rows, package_numbering, recluster
 from .config import MedsConfig
+from .diversity import adjusted_rand_index
 from .shaping import penalties as compute_penalties
 
 FORMAT = "openrlhf_meds.error_memory"
@@ -39,14 +43,24 @@ VERSION = 1
 # Why a rollout was not stored (counted in stats()["rejected"]).
 REJECT_REASONS = ("no_feature", "nan", "inf", "zero_vector")
 
+# Stored answer ids: >= 0 index ErrorMemory.answer_table; these two mark the other cases.
+UNKNOWN_ANSWER = -1  # the caller passed no answers (or the checkpoint predates them)
+NO_ANSWER = -2  # the rollout had no final answer (None)
+# Answers are kept to this many characters: enough to tell final answers apart, and it bounds
+# the table (two answers that share these first characters are stored as one).
+MAX_ANSWER_CHARS = 64
+
 
 class _Key:
-    """One key's memory: vectors, labels of the last clustering, and its MST."""
+    """One key's memory: vectors, their answer ids, labels of the last clustering, its MST."""
 
-    __slots__ = ("vectors", "labels", "mst", "step", "at_step_start")
+    __slots__ = ("vectors", "answers", "labels", "mst", "step", "at_step_start", "agreement")
 
     def __init__(self, dim: int):
         self.vectors = np.empty((0, dim), np.float32)
+        self.answers = np.empty(0, np.int32)  # one id per vector (UNKNOWN_ANSWER, NO_ANSWER or >= 0)
+        # (labels, cluster-answer agreement) cached by stats() until the labels change.
+        self.agreement: tuple[np.ndarray, float | None] | None = None
         self.labels: np.ndarray | None = np.empty(0, np.int32)  # None: appended since
         self.mst: np.ndarray | None = np.empty(0, np.int32)  # MST of the first len(mst) rows
         # The step that last assigned to this key, and (vectors, labels) as they were when
@@ -81,13 +95,11 @@ def _vote(neighbour_labels: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray,
     """Most frequent label per row, ties to the smallest label. Also returns, per row,
     whether the resulting |C| depends on how clusters are numbered: a tie between clusters
     (not noise, which is always the smallest) of different sizes."""
-    winners = np.empty(len(neighbour_labels), np.int64)
-    ambiguous = np.zeros(len(neighbour_labels), bool)
-    for i, row in enumerate(neighbour_labels):
-        values, n = np.unique(row, return_counts=True)  # sorted ascending
-        best = values[n == n.max()]
-        winners[i] = best[0]
-        ambiguous[i] = best[0] != -1 and len(np.unique(counts[best + 1])) > 1
+    nl = np.asarray(neighbour_labels, np.int64)
+    votes = (nl[:, :, None] == nl[:, None, :]).sum(axis=2)  # per neighbour, its label's votes
+    tied = votes == votes.max(axis=1, keepdims=True)
+    winners = np.where(tied, nl, np.iinfo(np.int64).max).min(axis=1)
+    ambiguous = (winners != -1) & (tied & (counts[nl + 1] != counts[winners + 1][:, None])).any(axis=1)
     return winners, ambiguous
 
 
@@ -99,7 +111,9 @@ class ErrorMemory:
         sizes, pens = memory.step(prompt_keys, features, correct)
 
     `features` is float [n, d] with an all-NaN row for a rollout without a feature;
-    `correct` is the verifier's verdict (raw score >= 0.5).
+    `correct` is the verifier's verdict (raw score >= 0.5). `answers` (optional, in `step`,
+    `assign` and `check`): each rollout's final answer, str or None (no answer), stored with
+    its vector (cut to `MAX_ANSWER_CHARS` characters); penalties do not depend on it.
     """
 
     def __init__(self, config: MedsConfig | None = None):
@@ -110,19 +124,31 @@ class ErrorMemory:
         self._rng = np.random.default_rng(self.config.seed)
         self._latest_step: int | None = None
         self._step_keys: list[tuple] = []  # keys holding an at_step_start view
+        self.answer_table: list[str] = []  # answer id -> answer
+        self._answer_ids: dict[str, int] = {}
+        self._answer_bytes = 0  # UTF-8 bytes of the table
 
     # ------------------------------------------------------------------ one step
 
-    def step(self, prompt_keys: Sequence[Hashable], features, correct):
+    def step(self, prompt_keys: Sequence[Hashable], features, correct, answers: Sequence[str | None] | None = None):
         """Assign, append and re-cluster (the reference step). Returns (cluster_sizes
-        int64 [n], penalties float64 [n]); untargeted and featureless rollouts get 0."""
-        sizes, pens, touched = self.assign(prompt_keys, features, correct)
+        int64 [n], penalties float64 [n]); untargeted and featureless rollouts get 0.
+        `answers`: optional final answers (str or None), stored with the vectors."""
+        sizes, pens, touched = self.assign(prompt_keys, features, correct, answers=answers)
         self.recluster(touched)
         return sizes, pens
 
-    def assign(self, prompt_keys: Sequence[Hashable], features, correct, step: int | None = None):
+    def assign(
+        self,
+        prompt_keys: Sequence[Hashable],
+        features,
+        correct,
+        step: int | None = None,
+        answers: Sequence[str | None] | None = None,
+    ):
         """Steps 1-2 of the reference step: cluster sizes and penalties from the previous
-        clustering, then append. Returns (sizes, penalties, touched keys).
+        clustering, then append. Returns (sizes, penalties, touched keys). `answers`: the
+        rollouts' final answers (str or None), stored with their vectors (default: unknown).
 
         Without `step`, one call is one training step. With `step`, a step may arrive as
         several calls (one per prompt group, in any order): a key assigned twice in the same
@@ -130,7 +156,7 @@ class ErrorMemory:
         began, so the results equal one `step()` call over the whole step. Steps must not
         go backwards for a key.
         """
-        keys, feats, ok = self.check(prompt_keys, features, correct)
+        keys, feats, ok, answers = self.check(prompt_keys, features, correct, answers)
         if len(keys):
             self.dim = feats.shape[1]
         if step is not None:
@@ -145,19 +171,20 @@ class ErrorMemory:
         joint = self.config.assignment == "joint" and self.config.clustering in ("exact", "hdbscan")
         for key, rows in groups.items():
             new = feats[rows]
+            ids = self._answer_codes(None if answers is None else [answers[i] for i in rows], len(rows))
             mem = self.keys.get(key)
             if mem is None:
                 mem = self.keys[key] = _Key(feats.shape[1])
             if joint and self._targeted(key[1]):
                 # Paper-prose variant: cluster memory + new rollouts together and use each
                 # new rollout's own cluster (its size counts the new rollouts too).
-                self._append(mem, new)
+                self._append(mem, new, ids)
                 self._cluster(mem)
                 sizes[rows] = self._label_sizes(mem.labels[-len(rows) :], np.bincount(mem.labels + 1))
                 continue
             if self._targeted(key[1]):
-                sizes[rows] = self._sizes(*self._view(key, mem, step), new)
-            self._append(mem, new)
+                sizes[rows] = self._sizes(*self._view(key, mem, step), new, mem)
+            self._append(mem, new, ids)
         self.counters["stored"] += int(valid.sum())
         pens = compute_penalties(sizes, self.config.alpha, self.config.beta)
         self.counters["penalized"] += int((pens > 0).sum())
@@ -207,9 +234,10 @@ class ErrorMemory:
             self._step_keys.append(key)
         return mem.vectors, mem.labels
 
-    def check(self, prompt_keys, features, correct):
+    def check(self, prompt_keys, features, correct, answers: Sequence[str | None] | None = None):
         """Validate one call's inputs (clear errors, nothing changed); returns (keys list,
-        float32 features [n, d], bool correct [n])."""
+        float32 features [n, d], bool correct [n], answers): answers is None when not given,
+        else a list of n str (cut to `MAX_ANSWER_CHARS` characters) or None."""
         keys = list(prompt_keys)
         for k in keys:
             if not isinstance(k, (str, int)) or isinstance(k, bool):
@@ -225,7 +253,40 @@ class ErrorMemory:
             raise ValueError(f"correct must be a bool array (score >= 0.5), got {ok.dtype}")
         if len(keys) and self.dim is not None and feats.shape[1] != self.dim:
             raise ValueError(f"features have {feats.shape[1]} dims but the memory holds {self.dim}")
-        return keys, feats, ok
+        if answers is not None:
+            if isinstance(answers, (str, bytes)):
+                raise TypeError("answers must be a sequence of str or None, one per rollout, not a single string")
+            answers = list(answers)
+            if len(answers) != len(keys):
+                raise ValueError(f"expected {len(keys)} answers (one per rollout), got {len(answers)}")
+            for a in answers:
+                if a is not None and not isinstance(a, str):
+                    raise TypeError(f"answers must be str or None (no answer), got {type(a).__name__}: {a!r}")
+            answers = [None if a is None else str(a[:MAX_ANSWER_CHARS]) for a in answers]
+        return keys, feats, ok, answers
+
+    def _answer_codes(self, answers: list | None, n: int) -> np.ndarray:
+        """int32 ids of `n` checked answers (None: all unknown), adding new ones to the table."""
+        if answers is None:
+            return np.full(n, UNKNOWN_ANSWER, np.int32)
+        return np.array([NO_ANSWER if a is None else self._intern(a) for a in answers], np.int32)
+
+    def _intern(self, answer: str) -> int:
+        i = self._answer_ids.get(answer)
+        if i is None:
+            i = self._answer_ids[answer] = len(self.answer_table)
+            self.answer_table.append(answer)
+            self._answer_bytes += len(answer.encode())
+        return i
+
+    def answer_of(self, answer_id: int) -> str | None:
+        """The answer an id stored in a key's `answers` stands for: the string, None for
+        no answer; KeyError for UNKNOWN_ANSWER or an id not in the table."""
+        if answer_id == NO_ANSWER:
+            return None
+        if not 0 <= answer_id < len(self.answer_table):
+            raise KeyError(f"answer id {answer_id} is unknown (the memory holds {len(self.answer_table)} answers)")
+        return self.answer_table[answer_id]
 
     def _valid_rows(self, feats: np.ndarray) -> np.ndarray:
         nan = np.isnan(feats)
@@ -246,7 +307,9 @@ class ErrorMemory:
         target = self.config.target
         return target == "both" or (target == "wrong" and not correct) or (target == "right" and correct)
 
-    def _sizes(self, vectors: np.ndarray, stored_labels: np.ndarray | None, new: np.ndarray) -> np.ndarray:
+    def _sizes(
+        self, vectors: np.ndarray, stored_labels: np.ndarray | None, new: np.ndarray, mem: _Key | None = None
+    ) -> np.ndarray:
         cfg = self.config
         stored = len(vectors)
         if cfg.clustering == "single":  # count-based ablation: one cluster per key
@@ -261,16 +324,16 @@ class ErrorMemory:
         labels, ambiguous = _vote(stored_labels[neighbours], counts)
         if ambiguous.any() and cfg.clustering == "exact":
             # A tie between clusters goes to the smaller cluster number. Ours equal the
-            # package's except among coincident rows (its KD-tree picks one of several
-            # equidistant neighbours, which shifts its numbering) and above 60 dims (it
-            # uses Prim's algorithm there): then ask the package for its numbers.
+            # package's except on keys with bitwise-identical rows (its KD-tree picks which
+            # copy a point joins) or > 60 dims; package_numbering gives the package's numbers
+            # where a tie depends on them (tie_replays / tie_fallbacks in the stats).
             self.counters["vote_ties"] += int(ambiguous.sum())
-            xn = normalize_rows(vectors)
-            if xn.shape[1] > 60 or len(np.unique(xn, axis=0)) < len(xn):
-                ref = _package_labels(xn, approx=False)
+            mst = mem.mst if mem is not None and vectors is mem.vectors else None
+            votes = stored_labels[neighbours[ambiguous]]
+            ref = package_numbering(normalize_rows(vectors), stored_labels, votes, mst, self.counters)
+            if ref is not None:
                 counts = np.bincount(ref + 1)
                 labels, _ = _vote(ref[neighbours], counts)
-                self.counters["tie_fallbacks"] += 1
         return self._label_sizes(labels, counts)
 
     def _label_sizes(self, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -279,14 +342,17 @@ class ErrorMemory:
             sizes[labels == -1] = 0
         return sizes
 
-    def _append(self, mem: _Key, new: np.ndarray):
+    def _append(self, mem: _Key, new: np.ndarray, answer_ids: np.ndarray):
         mem.vectors = np.concatenate([mem.vectors, new.astype(np.float32)])
+        mem.answers = np.concatenate([mem.answers, answer_ids.astype(np.int32)])
         mem.labels = None
         bound = self.config.memory_bound
         if bound and len(mem.vectors) > bound:
             # Evict the oldest vectors; the spanning tree is rebuilt at the next clustering.
+            # (Their answers stay in the table: other vectors may share them.)
             self.counters["evicted"] += len(mem.vectors) - bound
             mem.vectors = mem.vectors[-bound:].copy()
+            mem.answers = mem.answers[-bound:].copy()
             mem.mst = None
 
     def _cluster(self, mem: _Key):
@@ -294,21 +360,30 @@ class ErrorMemory:
         if self.config.clustering == "hdbscan":
             mem.labels = _package_labels(xn, approx=True)
         else:
-            mem.mst, labels = recluster(xn, mem.mst)
+            mem.mst, labels = recluster(xn, mem.mst, self.counters)
             mem.labels = labels.astype(np.int32)
 
     # ------------------------------------------------------------------ reporting
 
     def stats(self) -> dict:
-        """Counters and memory shape, for logging (all plain numbers)."""
+        """Counters and memory shape, for logging (all plain numbers).
+
+        `cluster_answer_agreement`: the mean over clustered keys of `_agreement` (the
+        adjusted Rand index between a key's cluster labels and its stored answers), over the
+        `cluster_answer_agreement_keys` keys where it is defined; 0.0 when none is.
+        `bytes_per_vector` counts the arrays and the answer table (its strings' UTF-8 bytes
+        plus an 8-byte offset each, as saved)."""
         clustered = [m for m in self.keys.values() if m.labels is not None and len(m.labels)]
         vectors = sum(len(m.vectors) for m in self.keys.values())
         nbytes = sum(
             m.vectors.nbytes
+            + m.answers.nbytes
             + (m.labels.nbytes if m.labels is not None else 0)
             + (m.mst.nbytes if m.mst is not None else 0)
             for m in self.keys.values()
         )
+        nbytes += self._answer_bytes + 8 * len(self.answer_table)
+        agreement = [a for a in map(self._agreement, clustered) if a is not None]
         out = {
             "keys": len(self.keys),
             "vectors": vectors,
@@ -321,28 +396,55 @@ class ErrorMemory:
                 if clustered
                 else 0.0
             ),
+            "cluster_answer_agreement": float(np.mean(agreement)) if agreement else 0.0,
+            "cluster_answer_agreement_keys": len(agreement),
         }
         out.update({k: int(v) for k, v in self.counters.items()})
         return out
+
+    def _agreement(self, mem: _Key) -> float | None:
+        """Adjusted Rand index between the key's cluster labels and its stored answers, over
+        its clustered vectors (noise left out: a noise point belongs to no cluster) whose
+        answer is known ("no answer" is one answer); None for fewer than 2 such vectors.
+        Cached with the labels it was computed from, so stats() only pays for keys
+        re-clustered since the last call."""
+        labels = mem.labels
+        if mem.agreement is not None and mem.agreement[0] is labels:
+            return mem.agreement[1]
+        keep = (labels != -1) & (mem.answers != UNKNOWN_ANSWER)
+        value = adjusted_rand_index(labels[keep], mem.answers[keep]) if keep.sum() >= 2 else None
+        mem.agreement = (labels, value)
+        return value
 
     # ------------------------------------------------------------------ checkpoints
 
     def absorb(self, other: ErrorMemory, keep=lambda prompt_key: True, counters: bool = True):
         """Move the keys of `other` whose prompt key passes `keep` into this memory, and add
-        its counters if `counters` (used to re-shard a saved memory)."""
+        its counters if `counters` (used to re-shard a saved memory). The moved keys' answers
+        are re-numbered into this memory's answer table; `other` is not to be used after."""
         if other.dim is not None and self.dim is not None and other.dim != self.dim:
             raise ValueError(f"cannot merge memories of {other.dim} and {self.dim} dims")
+        remap = np.full(len(other.answer_table), UNKNOWN_ANSWER, np.int64)  # other's id -> ours
         for key, mem in other.keys.items():
             if keep(key[0]):
                 if key in self.keys:
                     raise ValueError(f"key {key!r} is in both memories")
+                known = mem.answers >= 0
+                if known.any():
+                    used = np.unique(mem.answers[known])
+                    todo = used[remap[used] == UNKNOWN_ANSWER]  # only the answers kept keys use
+                    remap[todo] = [self._intern(other.answer_table[i]) for i in todo]
+                    answers = mem.answers.copy()
+                    answers[known] = remap[mem.answers[known]]
+                    mem.answers = answers
                 self.keys[key] = mem
                 self.dim = other.dim
         if counters:
             self.counters.update(other.counters)
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: vectors, labels, trees, counters."""
+        """Everything needed to continue exactly: vectors, labels, trees, counters; and the
+        stored answers (ids per vector, the table as one UTF-8 blob with offsets)."""
         keys = list(self.keys)
         mems = [self.keys[k] for k in keys]
 
@@ -365,10 +467,14 @@ class ErrorMemory:
             "labels": cat([m.labels for m in mems if m.labels is not None], np.int32),
             "mst_sizes": np.array([-1 if m.mst is None else len(m.mst) for m in mems], np.int64),
             "mst": cat([m.mst for m in mems if m.mst is not None], np.int32),
+            "answers": cat([m.answers for m in mems], np.int32),
+            "answer_table": np.frombuffer("".join(self.answer_table).encode(), np.uint8),
+            "answer_offsets": np.cumsum([0] + [len(a.encode()) for a in self.answer_table], dtype=np.int64),
         }
 
     def load_state_dict(self, state: dict):
-        """Restore from `state_dict()` output (replaces the current contents)."""
+        """Restore from `state_dict()` output (replaces the current contents). A state
+        without answers (saved before they were stored) loads with every answer unknown."""
         if state.get("format") != FORMAT:
             raise ValueError(f"not an error-memory state (format={state.get('format')!r})")
         if state.get("version") != VERSION:
@@ -378,12 +484,14 @@ class ErrorMemory:
         vectors, labels, mst = state["vectors"], state["labels"], state["mst"]
         if len(sizes) != len(state["keys"]) or sizes.sum() != len(vectors):
             raise ValueError("error-memory state is inconsistent: key sizes do not match the vectors")
+        table, answers = self._answer_state(state, len(vectors))
         keys: dict[tuple, _Key] = {}
         v0 = l0 = t0 = 0
         for i, (pk, ok) in enumerate(state["keys"]):
             mem = _Key(vectors.shape[1])
             m = int(sizes[i])
             mem.vectors = np.ascontiguousarray(vectors[v0 : v0 + m], np.float32)
+            mem.answers = np.array(answers[v0 : v0 + m], np.int32)
             v0 += m
             if has_labels[i]:
                 mem.labels = np.asarray(labels[l0 : l0 + m], np.int32)
@@ -405,6 +513,27 @@ class ErrorMemory:
         self.counters = Counter(state["counters"])
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = state["rng"]
+        self.answer_table = table
+        self._answer_ids = {a: i for i, a in enumerate(table)}
+        self._answer_bytes = sum(len(a.encode()) for a in table)
+
+    @staticmethod
+    def _answer_state(state: dict, n: int) -> tuple[list[str], np.ndarray]:
+        """(answer table, int32 ids [n]) of a state; all unknown for a state without them."""
+        if "answers" not in state:
+            return [], np.full(n, UNKNOWN_ANSWER, np.int32)
+        blob = np.asarray(state["answer_table"], np.uint8).tobytes()
+        offsets = np.asarray(state["answer_offsets"], np.int64)
+        if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(blob) or (np.diff(offsets) < 0).any():
+            raise ValueError("error-memory state is inconsistent: the answer table's offsets do not match it")
+        try:
+            table = [blob[int(a) : int(b)].decode() for a, b in zip(offsets[:-1], offsets[1:])]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"error-memory state is inconsistent: an answer is not UTF-8 ({e})") from None
+        answers = np.asarray(state["answers"], np.int32)
+        if len(answers) != n or (len(answers) and (answers.min() < NO_ANSWER or answers.max() >= len(table))):
+            raise ValueError("error-memory state is inconsistent: the answer ids do not match the vectors or table")
+        return table, answers
 
     def save(self, path: str):
         """Write the memory to `path` atomically (a temporary file, then rename)."""

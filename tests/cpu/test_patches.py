@@ -35,7 +35,7 @@ def test_version_mismatch_names_the_package(monkeypatch):
 def test_every_patch_has_a_readme_row():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "patches", "README.md")).read()
     names = [fn.__name__ for fns in patches._PATCHES.values() for fn in fns]
-    assert len(names) == 7
+    assert len(names) == 9
     for name in names:
         assert f"patches.{name}" in readme, f"patches/README.md has no row for {name}"
 
@@ -100,6 +100,32 @@ def test_contract_deepspeed_torch_adam():
     engine = _source("deepspeed", "runtime/engine.py")
     assert "torch_adam = optimizer_parameters.pop(TORCH_ADAM_PARAM, False)" in engine
     assert 'TORCH_ADAM_PARAM = "torch_adam"' in _source("deepspeed", "runtime/config.py")
+
+
+def test_contract_compute_dtype():
+    utils = _source("openrlhf", "utils/utils.py")
+    assert "def convert_to_torch_dtype(param_dtype: str) -> torch.dtype:" in utils
+    # Every caller imports it at call time, so the patched module attribute is what they get.
+    for path in ("models/actor.py", "models/model.py"):
+        assert "    from openrlhf.utils.utils import convert_to_torch_dtype" in _source("openrlhf", path), path
+    engine = _source("openrlhf", "trainer/ray/vllm_engine.py")
+    assert '"dtype": "bfloat16",' in engine
+    assert "engine_args = vllm.AsyncEngineArgs(*args, **self.kwargs)" in engine
+    ds_utils = _source("openrlhf", "utils/deepspeed/deepspeed_utils.py")
+    assert ds_utils.count('"enabled": param_dtype == "bf16",') == 2  # train and eval configs
+    strategy = _source("openrlhf", "utils/deepspeed/deepspeed.py")
+    assert "def get_ds_eval_config(self, offload=False):" in strategy
+
+
+def test_compute_dtype_env(monkeypatch):
+    monkeypatch.delenv(patches.DTYPE_ENV, raising=False)
+    assert patches.compute_dtype() == "float32"
+    assert launch.cpu_env()[patches.DTYPE_ENV] == "float32"
+    monkeypatch.setenv(patches.DTYPE_ENV, "bfloat16")
+    assert launch.cpu_env()[patches.DTYPE_ENV] == "bfloat16"
+    monkeypatch.setenv(patches.DTYPE_ENV, "fp8")
+    with pytest.raises(ValueError, match=r"OPENRLHF_MEDS_CPU_DTYPE='fp8': use one of float32, bfloat16"):
+        patches.compute_dtype()
 
 
 def test_contract_sft_dataset_num_processors():
@@ -175,6 +201,10 @@ assert torch.cuda.current_device() == torch.device("cpu") and torch.cuda.current
 from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
 assert NaiveReplayBuffer(1).target_device == torch.device("cpu")
 from openrlhf.utils.deepspeed.deepspeed import DeepspeedStrategy
+from openrlhf.utils.utils import convert_to_torch_dtype
+from openrlhf.trainer.ray.vllm_engine import RolloutRayActor
+assert convert_to_torch_dtype("bf16") == torch.float32  # float32 mode (cpu_env's default)
+assert RolloutRayActor.__ray_metadata__.modified_class.__init__.__code__.co_filename == patches.__file__
 print("startup patches ok")
 """
 

@@ -26,11 +26,15 @@ pytestmark = pytest.mark.slow
 
 NUM_LAYERS = 16  # the conftest tiny_qwen2
 WIDE = MedsConfig(layers=14, layer_diff=True)  # the fp32 engine keeps l_2 .. l_16
+# The float32 per-layer logits (--meds.feature_dtype float32): rounding to bf16 (the default)
+# would turn a 1e-7 difference at a rounding boundary into a whole bf16 step, so the tight
+# comparisons are made before it, and test_bf16_features_agree_within_one_step bounds it.
+F32 = dict(feature_dtype="float32")
 CONFIGS = {
-    "default": MedsConfig(),
-    "layer_diff": MedsConfig(layer_diff=True),
-    "logit_lens": MedsConfig(logit_lens=True),
-    "half_lens_diff": MedsConfig(layers="half", logit_lens=True, layer_diff=True),
+    "default": MedsConfig(**F32),
+    "layer_diff": MedsConfig(layer_diff=True, **F32),
+    "logit_lens": MedsConfig(logit_lens=True, **F32),
+    "half_lens_diff": MedsConfig(layers="half", logit_lens=True, layer_diff=True, **F32),
 }
 # float32: vLLM and HF differ only in kernel summation order (oneDNN GEMMs, fused
 # add+RMSNorm), ~1e-7 relative per op; measured max abs error ~2e-7 on logits of ~0.1-1.
@@ -131,6 +135,25 @@ def test_fp32_features_equal_hf_with_prefix_cache(name, llm_fp32, fp32_rollouts,
         [TokensPrompt(prompt_token_ids=prompts[4] + responses[4][:30])], SamplingParams(max_tokens=1), use_tqdm=False
     )[0]
     assert out.num_cached_tokens > 0
+
+
+@pytest.mark.parametrize("logit_lens", [False, True])
+def test_bf16_features_agree_within_one_step(logit_lens, llm_fp32, fp32_rollouts, tiny_qwen2, qwen_tokenizer):
+    """The default features (each per-layer logit rounded to bf16) of the float32 engine and
+    of HF: bit-equal except where a rounding boundary falls between their float32 values,
+    and there one bf16 step apart."""
+    from openrlhf_meds.meds.features import bf16_steps
+
+    config = MedsConfig(logit_lens=logit_lens)
+    assert config.feature_dtype == "bf16"
+    prompts, responses = fp32_rollouts
+    got = rollout_features_sync(llm_fp32, qwen_tokenizer, prompts, responses, config, NUM_LAYERS)
+    want = response_features(tiny_qwen2, qwen_tokenizer, prompts, responses, config)
+    rows = ~np.isnan(want).all(axis=1)
+    assert (np.isnan(got).all(axis=1) == ~rows).all()
+    steps = bf16_steps(got[rows], want[rows])
+    assert steps.max() <= 1
+    assert (steps == 0).mean() > 0.9
 
 
 def test_fp32_chunked_prefill_long_prompts(llm_fp32, tiny_qwen2, qwen_tokenizer):

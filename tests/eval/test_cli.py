@@ -32,11 +32,14 @@ def test_reference_solutions_score_one():
 
 def test_recipe_template_is_the_default_template():
     common = open(os.path.join(REPO, "examples/scripts/common_qwen2.5_math_7b.sh")).read()
-    line = next(x for x in common.splitlines() if "--data.input_template" in x)
+    assert '--data.input_template "$TEMPLATE"' in common
+    line = next(x for x in common.splitlines() if x.startswith("TEMPLATE=$'"))
     bash = line.split("$'", 1)[1].rsplit("'", 1)[0]
     recipe = bash.encode().decode("unicode_escape")  # bash $'...' escapes
     assert recipe == TEMPLATES["qwen-math"]
-    assert render("qwen-math", "What is 1+1?").endswith("user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n")
+    assert render("qwen-math", "What is 1+1?").endswith(
+        "user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert "\\boxed{}." in render("qwen-math", "x")
 
 

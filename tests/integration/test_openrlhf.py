@@ -2,6 +2,7 @@
 OpenRLHF, has a row in patches/README.md, and is the only thing `replacements` replaces."""
 
 import os
+import re
 
 import pytest
 
@@ -23,7 +24,9 @@ def test_every_replaced_name_exists_and_has_a_readme_row(name):
 @pytest.mark.parametrize(
     "config, expected",
     [
-        (MedsConfig(enable=False), set()),
+        (MedsConfig(enable=False, diversity=False), set()),  # plain OpenRLHF
+        # The baseline with train/div/*: MEDS's engines and trainer, no memory, rewards untouched.
+        (MedsConfig(enable=False), {openrlhf.PPO_TRAINER, openrlhf.ROLLOUT_ACTOR}),
         (MedsConfig(), {openrlhf.PPO_TRAINER, openrlhf.ROLLOUT_ACTOR}),
         (MedsConfig(feature_source="actor"), {openrlhf.PPO_TRAINER, openrlhf.POLICY_ACTOR}),
     ],
@@ -80,3 +83,28 @@ def test_training_eval_logs_unbiased_pass_at_k_from_raw_scores():
         assert logs[f"eval_amc_pass@{k}"] == pytest.approx(float(1 - Fraction(comb(1, k), comb(4, k))))
     assert logs["eval_aime_mean@4"] == pytest.approx(1 / 8)
     assert "eval_aime_pass1" in logs  # OpenRLHF's own metrics stay
+
+
+def test_openrlhf_flags_meds_needs_are_checked_with_the_flag_named():
+    import argparse
+
+    from openrlhf_meds.integration.openrlhf import check_openrlhf_args
+
+    good = {"reward.remote_url": "reward.py", "vllm.num_engines": 1, "eval.dataset": "aime24.jsonl"}
+
+    def check(config, **changes):
+        check_openrlhf_args(argparse.Namespace(**{**good, **changes}), config)
+
+    check(MedsConfig(eval_before_training=True))
+    cases = [
+        (MedsConfig(), {"reward.remote_url": None}, "pass --reward.remote_url"),
+        (MedsConfig(enable=False), {"train.async_enable": True}, "or pass --meds.diversity false"),
+        (MedsConfig(), {"vllm.num_engines": 0}, "--vllm.num_engines >= 1"),
+        (MedsConfig(eval_before_training=True), {"eval.dataset": None}, "--meds.eval_before_training needs"),
+    ]
+    for config, changes, message in cases:
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            check(config, **changes)
+    check(MedsConfig(enable=False, diversity=False), **{"reward.remote_url": None, "vllm.num_engines": 0})
+    with pytest.raises(ValueError, match="--meds.eval_before_training needs MEDS's trainer"):
+        MedsConfig(enable=False, diversity=False, eval_before_training=True)

@@ -19,6 +19,7 @@ from vllm import SamplingParams
 
 from openrlhf_meds.demo.task import EOS, REWARD_FILE, format_prompt
 from openrlhf_meds.integration.rollout_actor import (
+    DIVERSITY,
     GROUP_ID,
     HAS_FEATURE,
     ROLLOUT,
@@ -26,7 +27,7 @@ from openrlhf_meds.integration.rollout_actor import (
     prompt_key,
     response_ids,
 )
-from openrlhf_meds.integration.trainer import MedsExperienceMaker
+from openrlhf_meds.integration.trainer import MedsExperienceMaker, diversity_metrics
 from openrlhf_meds.meds import MedsConfig
 
 PAD = 151643
@@ -52,8 +53,8 @@ class RecordingMemory:
     def __init__(self):
         self.groups = []
 
-    def submit(self, key, step, features, correct):
-        self.groups.append(SimpleNamespace(key=key, step=step, features=features, correct=correct))
+    def submit(self, key, step, features, correct, answers=None):
+        self.groups.append(SimpleNamespace(key=key, step=step, features=features, correct=correct, answers=answers))
 
         async def ack():
             return None
@@ -83,6 +84,23 @@ def fake_rollout_features(calls):
     return rollout_features
 
 
+def scripted_engine(tok, config: MedsConfig, script: dict[str, list[str]], memory, filter_range=None):
+    """A MedsRolloutActor without its vLLM engine: what MedsRolloutActor.__init__ and
+    RolloutRayActor.__init__ set, generation scripted, the demo's reward file."""
+    engine = object.__new__(MedsRolloutActor.__ray_metadata__.modified_class)
+    engine.meds, engine.meds_num_layers, engine.meds_step, engine.meds_submit = config, 16, 0, True
+    engine.executor = SingleTurnAgentExecutor(REWARD_FILE)
+    engine._mm_pad_token_ids = None
+    engine.llm = ScriptedLLM(tok, script)
+    engine.meds_setup(memory, filter_range=filter_range)
+    return engine
+
+
+def generate(engine, tok, prompt, label, n):
+    params = SamplingParams(max_tokens=16, temperature=1.0)
+    return asyncio.run(engine.generate_responses(prompt, label, params, 256, tok, num_samples=n))
+
+
 def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer, monkeypatch):
     """MedsRolloutActor.generate_responses over OpenRLHF's own generate_responses,
     SingleTurnAgentExecutor and the demo's reward file (vLLM's generation scripted): a training
@@ -99,23 +117,13 @@ def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer
     }
     calls, memory = [], RecordingMemory()
     monkeypatch.setattr("openrlhf_meds.engine.client.rollout_features", fake_rollout_features(calls))
-    engine = object.__new__(MedsRolloutActor.__ray_metadata__.modified_class)
-    # What MedsRolloutActor.__init__ and RolloutRayActor.__init__ set, minus the vLLM engine.
-    engine.meds, engine.meds_num_layers, engine.meds_step, engine.meds_submit = MedsConfig(), 16, 0, True
-    engine.executor = SingleTurnAgentExecutor(REWARD_FILE)
-    engine._mm_pad_token_ids = None
-    engine.llm = ScriptedLLM(tok, {p: texts for p, _, texts in prompts.values()})
-    engine.meds_setup(memory, filter_range=[0.0, 1.0])  # --algo.dynamic_filtering_enable, its default range
-
-    def generate(name):
-        prompt, label, texts = prompts[name]
-        params = SamplingParams(max_tokens=16, temperature=1.0)
-        return asyncio.run(engine.generate_responses(prompt, label, params, 256, tok, num_samples=len(texts)))
-
+    script = {p: texts for p, _, texts in prompts.values()}
+    # filter_range: --algo.dynamic_filtering_enable, its default range
+    engine = scripted_engine(tok, MedsConfig(), script, memory, filter_range=[0.0, 1.0])
     engine.meds_set_step(3)
-    responses = {name: generate(name) for name in ("train", "filtered")}
+    responses = {name: generate(engine, tok, *prompts[name][:2], 4) for name in ("train", "filtered")}
     engine.meds_set_step(3, submit=False)  # MedsPPOTrainer.evaluate
-    responses["eval"] = generate("eval")
+    responses["eval"] = generate(engine, tok, *prompts["eval"][:2], 4)
 
     # Only the training group reached the memory, with its verdicts, rows in rollout order,
     # and (prompt ids, generated ids) split as the executor built them.
@@ -123,6 +131,7 @@ def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer
     assert group.key == prompt_key(prompts["train"][0]) and group.step == 3
     np.testing.assert_array_equal(group.correct, [True, False, False, True])
     np.testing.assert_array_equal(group.features[:, 0], [5, 6, np.nan, 5])
+    assert group.answers == ["5", "6", None, "5"]  # each rollout's final answer, stored with its vector
     assert [tok.decode(g) for g in calls[0][1]] == prompts["train"][2]
     assert all(tok.decode(p) == prompts["train"][0] for p in calls[0][0])
     assert len(calls) == 2  # the filtered group's features were computed (no eval features)
@@ -139,6 +148,7 @@ def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer
             tags = (s.info[GROUP_ID].item(), s.info[ROLLOUT].item(), s.info[HAS_FEATURE].item())
             assert tags == (gid, i, has_feature[i]), (name, i)
             assert "boxed" in s.info
+            assert (DIVERSITY + "distinct_answers" in s.info) == (name != "eval")  # training groups only
 
     # Shuffled into two micro-batches (as dynamic batching does), then shaped: each rollout
     # gets its own penalty from the fetched group; untracked groups get none.
@@ -150,12 +160,40 @@ def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer
     )
     kl = FixedKLController(0.0)
     maker = MedsExperienceMaker(None, None, None, None, kl, strategy, None, meds=MedsConfig(), memory=memory)
+    # The diversity tags of the two training groups, averaged over groups: train has answers
+    # 5, 6, none, 5 (right, wrong, wrong, right), filtered 8 x 4 (all right).
+    div = diversity_metrics(batches)
+    assert div["div/distinct_answers"] == pytest.approx((3 / 4 + 1 / 4) / 2)
+    assert div["div/repeated_error_rate"] == pytest.approx(1 / 2)  # train only: "6" once of 2 wrong
+    assert div["div/pass@1"] == pytest.approx((1 / 2 + 1) / 2)
+    assert div["div/pass@4"] == pytest.approx(1.0)
+    assert not [tag for b in batches for tag in b.info if tag.startswith(DIVERSITY)]  # popped
     metrics = maker.shape_rewards(batches)
     got = dict(zip(order, torch.cat([b.info["meds_penalty"] for b in batches]).tolist()))
     want = dict(zip(order, [0.0] * 8))
     want.update({("train", i): p for i, p in enumerate(memory.penalties(0))})
     assert got == pytest.approx(want)
     assert metrics["meds/no_feature_frac"] == pytest.approx(1 / 8)
+
+
+def test_semantic_features_come_from_the_encoder_without_a_re_prefill(qwen_tokenizer, tiny_encoder, monkeypatch):
+    from openrlhf_meds.meds.semantic import SemanticEncoder
+
+    tok = qwen_tokenizer
+    prompt = format_prompt("What is 2 + 3?")
+    texts = [f"So \\boxed{{5}}.{EOS}", "No idea." + EOS, f"It is \\boxed{{7}}.{EOS}"]
+    calls, memory = [], RecordingMemory()
+    monkeypatch.setattr("openrlhf_meds.engine.client.rollout_features", fake_rollout_features(calls))
+    config = MedsConfig(features="semantic", embedding_model=tiny_encoder)
+    engine = scripted_engine(tok, config, {prompt: list(texts)}, memory)
+    responses = generate(engine, tok, prompt, "5", 3)
+    (group,) = memory.groups
+    assert calls == []  # the engine was not asked for logit features
+    want = SemanticEncoder(tiny_encoder).rollout_features(tok, [tok.encode(t) for t in texts])
+    assert group.features.shape == (3, 32) and np.isnan(group.features[1]).all()
+    np.testing.assert_allclose(group.features, want, atol=1e-6)
+    assert group.answers == ["5", None, "7"]
+    assert [r["extra_logs"][HAS_FEATURE] for r in responses] == [1, 0, 1]
 
 
 def test_prompt_key_is_a_stable_hash_of_the_text():

@@ -164,6 +164,31 @@ def test_rollouts_without_group_tags_are_refused(memory):
         maker.shape_rewards([e])
 
 
+def test_actor_source_semantic_features_embed_each_response(qwen_tokenizer, tiny_encoder):
+    """--meds.features semantic with --meds.feature_source actor: the trainer embeds each
+    sample's response (the masked tail of its sequence), one array per Experience."""
+    from openrlhf_meds.meds.semantic import SemanticEncoder
+
+    tok, pad = qwen_tokenizer, 151643
+    maker = object.__new__(MedsExperienceMaker)
+    maker.meds = MedsConfig(features="semantic", embedding_model=tiny_encoder, feature_source="actor")
+    maker.tokenizer = tok
+    batches = [["So \\boxed{5}.", "No idea at all, sorry."], ["It is \\boxed{7}."]]
+    samples_list = []
+    for texts in batches:
+        ids = [tok.encode(t) for t in texts]
+        width = max(map(len, ids))
+        sequences, mask = torch.full((len(ids), 3 + width), pad), torch.zeros(len(ids), width)
+        for j, r in enumerate(ids):  # 3 prompt tokens, the response right padded
+            sequences[j, 3 : 3 + len(r)], mask[j, : len(r)] = torch.tensor(r), 1
+        samples_list.append(SimpleNamespace(sequences=sequences, action_mask=mask))
+    feats = maker.semantic_features(samples_list)
+    assert [f.shape for f in feats] == [(2, 32), (1, 32)]
+    want = SemanticEncoder(tiny_encoder).rollout_features(tok, [tok.encode(t) for b in batches for t in b])
+    assert np.isnan(want[1]).all() and not np.isnan(want[[0, 2]]).any()
+    np.testing.assert_allclose(np.concatenate(feats), want, atol=1e-6)
+
+
 def test_openrlhf_internals_the_trainer_relies_on():
     """Contract with openrlhf 0.11.2 (patches/README.md): fails loudly if upstream changes."""
     base = PPOTrainer.__ray_metadata__.modified_class

@@ -70,10 +70,62 @@ def test_brace_window_is_ten_tokens(qwen_tokenizer):
     assert answer_target(ids, tok) == (9, seven)
     # ... at offset 10 it is not.
     assert answer_target([boxed] + [filler] * 9 + [brace, seven], tok) is None
-    # Only the LAST "boxed" token is tried, even if an earlier one has a brace after it.
-    ids = tok.encode("So $\\boxed{3}$") + [boxed] + [filler] * 12
-    assert answer_target(ids[:-13], tok) is not None
-    assert answer_target(ids, tok) is None
+    # Tokens past the end of the response are no window.
+    assert answer_target([filler, boxed, filler, brace], tok) is None
+
+
+def test_a_last_boxed_without_brace_passes_the_scan_to_an_earlier_one(qwen_tokenizer):
+    tok = qwen_tokenizer
+    (boxed,) = tok.encode("boxed")
+    (filler,) = tok.encode(" x")
+    head = tok.encode("So $\\boxed{3}$")
+    assert pieces(tok, head) == ["So", " $\\", "boxed", "{", "3", "}$"]
+    # The last "boxed" has no "{" in its 10-token window: the earlier one's brace is used.
+    assert target_text(tok, head + [boxed] + [filler] * 12) == (3, "3")
+    # Text as a model writes it: a trailing "boxed" in prose, no brace after it.
+    ids = tok.encode("Hence $\\boxed{12}$, the value we boxed earlier")
+    assert pieces(tok, ids)[2:6] == [" $\\", "boxed", "{", "1"] and pieces(tok, ids)[-2:] == [" boxed", " earlier"]
+    assert target_text(tok, ids) == (4, "1")
+    # Every "boxed" without a brace in its window: no feature.
+    assert answer_target([boxed] + [filler] * 10 + [boxed] + [filler] * 10, tok) is None
+
+
+def test_several_boxes_the_last_one_wins_on_the_fallback(qwen_tokenizer):
+    tok = qwen_tokenizer
+    ids = tok.encode("Try $\\boxed{1}$, no: $\\boxed{2}$, finally $\\boxed{9}$ done")
+    p, y = answer_target(ids, tok)
+    assert (pieces(tok, ids)[p], tok.decode([y])) == ("{", "9")
+    assert pieces(tok, ids)[p - 1 : p + 3] == ["boxed", "{", "9", "}$"]
+
+
+def test_case_variants_on_qwens_vocabulary(qwen_tokenizer):
+    # Qwen's vocabulary has no upper-case "boxed" token: "BOXED" and "Boxed" are split into
+    # "BOX"+"ED" and "Box"+"ed", so no token contains "boxed" in any case and the rule finds none.
+    tok = qwen_tokenizer
+    assert [t for t in tok.convert_ids_to_tokens(list(range(len(tok)))) if "boxed" in t.lower()] == [
+        "Ġboxed",
+        "boxed",
+    ]
+    for text in ["The answer is \\BOXED{7}", "The answer is \\Boxed{7}", "Boxed{7}"]:
+        assert answer_target(tok.encode(text), tok) is None, text
+
+
+def test_case_insensitive_boxed_token():
+    # Qwen's tokenizer with "BOXED" and "Boxed" added as tokens (as a fine-tuned vocabulary
+    # may have): the fallback matches them; the exact match stays lower-case.
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer
+
+    tok = build_qwen_tokenizer()  # a fresh copy: the session fixture is shared
+    tok.add_tokens(["BOXED", "Boxed"])
+    ids = tok.encode("The answer is \\BOXED{7}")
+    assert pieces(tok, ids)[-4:] == ["BOXED", "{", "7", "}"]
+    assert target_text(tok, ids) == (len(ids) - 3, "7")
+    ids = tok.encode("So Boxed{5} it is")
+    assert pieces(tok, ids) == ["So", " ", "Boxed", "{", "5", "}", " it", " is"]
+    assert target_text(tok, ids) == (3, "5")
+    # An exact lower-case match anywhere beats a later upper-case one.
+    ids = tok.encode("\\boxed{1} then \\BOXED{2}")
+    assert target_text(tok, ids) == (2, "1")
 
 
 @pytest.mark.parametrize("text", ["No box here: the answer is 4.", "", "boxed in, 7"])
@@ -81,9 +133,15 @@ def test_no_answer(qwen_tokenizer, text):
     assert answer_target(qwen_tokenizer.encode(text), qwen_tokenizer) is None
 
 
-@pytest.mark.parametrize("text", ["The answer is \\boxed{", "\\boxed{", "The answer is $\\boxed{"])
+# The last one: the fallback stops at the first brace it finds, even a last-token one, and
+# does not go back to the earlier complete box.
+@pytest.mark.parametrize(
+    "text", ["The answer is \\boxed{", "\\boxed{", "The answer is $\\boxed{", "So $\\boxed{3}$ or $\\boxed{"]
+)
 def test_brace_as_last_token(qwen_tokenizer, text):
-    assert answer_target(qwen_tokenizer.encode(text), qwen_tokenizer) is None
+    ids = qwen_tokenizer.encode(text)
+    assert pieces(qwen_tokenizer, ids)[-2:] == ["boxed", "{"]
+    assert answer_target(ids, qwen_tokenizer) is None
 
 
 def test_input_types_and_long_responses(qwen_tokenizer):

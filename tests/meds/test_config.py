@@ -58,13 +58,81 @@ def test_invalid_values_name_the_flag(kwargs, flag):
         MedsConfig(**kwargs)
 
 
+@pytest.mark.parametrize("alpha, beta", [(0.01, 0.02), (0.1, 0.2), (0.005, 0.01), (0.0, 0.0)])
+def test_beta_defaults_to_twice_alpha(alpha, beta):
+    # The official code caps ln(|C|+1) at 2.0, so its cap is 2 x alpha whatever alpha is.
+    assert MedsConfig(alpha=alpha).beta == beta
+    assert resolve_config({"alpha": alpha}).beta == beta
+    assert parse(["--meds.alpha", str(alpha)]).beta == beta
+    assert MedsConfig(alpha=alpha).to_dict()["beta"] == beta
+
+
+def test_beta_default_follows_the_default_alpha():
+    assert MedsConfig().alpha == 0.1
+    assert MedsConfig().beta == 0.2
+    assert parse([]).beta == 0.2
+    assert MedsConfig(beta=None, alpha=0.3).beta == pytest.approx(0.6)
+
+
+def test_explicit_beta_wins_over_the_tie(tmp_path):
+    assert parse(["--meds.alpha", "0.01", "--meds.beta", "0.5"]).beta == 0.5
+    assert parse(["--meds.beta", "0.05"]).beta == 0.05
+    assert parse(["--meds.beta", "0"]).beta == 0.0  # 0 is a value, not "not given"
+    assert MedsConfig(alpha=0.01, beta=0.3).beta == 0.3
+    beta_only = tmp_path / "beta.yaml"
+    beta_only.write_text("beta: 0.7\n")
+    assert parse(["--meds.preset", str(beta_only)]).beta == 0.7
+    # A preset's beta stays when the flag changes alpha: only an unset beta follows alpha.
+    c = parse(["--meds.preset", str(beta_only), "--meds.alpha", "0.01"])
+    assert (c.alpha, c.beta) == (0.01, 0.7)
+    # The flag beats the preset's beta.
+    assert parse(["--meds.preset", str(beta_only), "--meds.beta", "0.4"]).beta == 0.4
+
+
+def test_beta_ties_to_the_merged_alpha(tmp_path):
+    alpha_only = tmp_path / "alpha.yaml"
+    alpha_only.write_text("alpha: 0.04\nlayers: 7\n")
+    c = parse(["--meds.preset", str(alpha_only)])
+    assert (c.alpha, c.beta, c.layers) == (0.04, 0.08, 7)
+    c = parse(["--meds.preset", str(alpha_only), "--meds.alpha", "0.01"])
+    assert (c.alpha, c.beta) == (0.01, 0.02)
+
+
+def test_beta_validation_names_the_flag():
+    for value, got in [(-0.1, "-0.1"), (float("inf"), "inf")]:
+        with pytest.raises(ValueError, match=re.escape(f"--meds.beta: must be a number >= 0 and finite, got {got}")):
+            MedsConfig(beta=value)
+    with pytest.raises(ValueError, match=re.escape("--meds.beta: must be a number >= 0 and finite, got -1.0")):
+        parse(["--meds.beta", "-1"])
+    # An invalid alpha is reported as alpha's error, not as a derived beta's.
+    with pytest.raises(ValueError, match=re.escape("--meds.alpha: must be a number >= 0 and finite, got -0.1")):
+        MedsConfig(alpha=-0.1)
+    with pytest.raises(ValueError, match=re.escape("--meds.alpha: must be a number >= 0 and finite, got 'x'")):
+        MedsConfig(alpha="x")
+    with pytest.raises(SystemExit):
+        add_meds_args(argparse.ArgumentParser()).parse_args(["--meds.beta", "big"])
+
+
+def test_beta_help_says_it_follows_alpha():
+    found = helps()["--meds.beta"]
+    assert "(default 2 x alpha)" in found
+    assert "a value from this flag or a preset replaces it" in found
+
+
 def test_presets_ship_and_load():
     presets = list_presets()
     assert {"qwen2.5-math-7b", "qwen2.5-math-1.5b", "qwen3-4b-base", "qwen3-8b-base", "llama-3.1-8b"} <= set(presets)
-    assert load_preset("Qwen2.5-Math-7B") == {"alpha": 0.1, "beta": 0.2, "layers": 14, "target": "wrong"}
+    # The official run's values, whether the file gives beta or leaves it tied to alpha.
+    c = resolve_config(preset="Qwen2.5-Math-7B")
+    assert (c.alpha, c.beta, c.layers, c.target, c.preset) == (0.1, 0.2, 14, "wrong", "Qwen2.5-Math-7B")
+    assert {k: load_preset("Qwen2.5-Math-7B")[k] for k in ("alpha", "layers", "target")} == {
+        "alpha": 0.1,
+        "layers": 14,
+        "target": "wrong",
+    }
     for name, path in presets.items():
         data = yaml.safe_load(open(path))
-        assert data["tuned"] is (name == "qwen2.5-math-7b")
+        assert data["tuned"] is (name in {"qwen2.5-math-7b", "qwen3-1.7b", "qwen3-4b-base", "qwen3-8b"})
         if not data["tuned"]:
             assert "UNTUNED" in open(path).read()
     with pytest.raises(ValueError, match="unknown preset 'gpt-9'.*qwen2.5-math-7b"):
@@ -110,7 +178,11 @@ def helps() -> dict[str, str]:
 
 
 def test_every_field_has_a_flag_whose_help_names_its_default():
-    shown = {"memory_dir": "empty: a fresh temporary directory", "preset": "detected from --actor.model_name_or_path"}
+    shown = {
+        "memory_dir": "empty: a fresh temporary directory",
+        "preset": "detected from --actor.model_name_or_path",
+        "beta": "2 x alpha",
+    }
     found = helps()
     assert set(found) == {f"--meds.{f.name}" for f in dataclasses.fields(MedsConfig)}
     for f in dataclasses.fields(MedsConfig):
@@ -129,7 +201,8 @@ def test_the_choices_the_help_lists_are_the_accepted_values(name):
     listed = re.search(r"one of (\S+) \(default", helps()[f"--meds.{name}"]).group(1).split("|")
     assert listed == list(KNOBS[name].choices)
     for value in listed:
-        assert getattr(parse([f"--meds.{name}", value]), name) == value
+        needs = ["--meds.embedding_model", "/encoder"] if (name, value) == ("features", "semantic") else []
+        assert getattr(parse([f"--meds.{name}", value, *needs]), name) == value
     with pytest.raises(ValueError, match=f"--meds.{name}: must be one of {'[|]'.join(listed)}, got 'kmeans'"):
         MedsConfig(**{name: "kmeans"})
 
@@ -161,6 +234,10 @@ REFUSED = [
     ("--meds.seed 1 --meds.clustering hdbscan", "--meds.seed 1", "--meds.clustering hdbscan"),
     ("--meds.filtered_into_memory --meds.feature_source actor", "--meds.filtered_into_memory true",
      "--meds.feature_source actor"),
+    ("--meds.embedding_model /enc", "--meds.embedding_model /enc", "--meds.features logits"),
+    *((f"--meds.features semantic --meds.embedding_model /enc {flag}", flag, "--meds.features semantic")
+      for flag in ("--meds.layers 4", "--meds.layer_diff true", "--meds.logit_lens false",
+                   "--meds.feature_dtype float32")),
 ]  # fmt: skip
 
 

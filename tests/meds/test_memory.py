@@ -239,3 +239,132 @@ def test_stats_and_compact_storage():
     assert st["vectors"] == 4 * 4 * 16 and st["rollouts"] == 256
     assert st["bytes_per_vector"] <= 80, "float32 vectors + int32 labels + int32 tree"
     assert st["clusters_per_key"] >= 1 and 0 <= st["noise_frac"] <= 1
+
+
+def answered_steps(seed, steps=3, prompts=2, n=12):
+    """clustered_steps with final answers: each prompt's two modes give two wrong answers
+    (mode m of prompt p answers "p-m"); one rollout in six has no answer."""
+    rng = np.random.default_rng(seed)
+    modes = rng.normal(size=(prompts, 2, D)) * 3
+    out = []
+    for t in range(steps):
+        keys, feats, answers = [], [], []
+        for p in range(prompts):
+            m = rng.integers(0, 2, n)
+            keys += [f"q{p}"] * n
+            feats.append(modes[p, m] + rng.normal(size=(n, D)) * 0.1)
+            answers += [None if (t + i) % 6 == 0 else f"{p}-{mi}" for i, mi in enumerate(m)]
+        out.append((keys, np.concatenate(feats).astype(np.float32), np.zeros(len(keys), bool), answers))
+    return out
+
+
+def stored_answers(mem, key):
+    """The answers stored with the key's vectors, as strings (None: no answer)."""
+    return [mem.answer_of(int(i)) for i in mem.keys[key].answers]
+
+
+def expected_agreement(mem):
+    """Direct computation: scikit-learn's ARI per clustered key, over non-noise vectors with a
+    known answer (no answer is one class), averaged over the keys with at least two."""
+    from sklearn.metrics import adjusted_rand_score
+
+    values = []
+    for m in mem.keys.values():
+        if m.labels is None or not len(m.labels):
+            continue
+        keep = (m.labels != -1) & (m.answers != -1)
+        if keep.sum() >= 2:
+            values.append(adjusted_rand_score(m.labels[keep], m.answers[keep]))
+    return values
+
+
+def test_answers_are_kept_with_their_vectors_through_steps_and_checkpoints(tmp_path):
+    steps = answered_steps(12)
+    plain = ErrorMemory(MedsConfig(memory_bound=30))
+    mem = ErrorMemory(MedsConfig(memory_bound=30))
+    for keys, feats, correct, answers in steps:
+        feats = feats.copy()
+        feats[1] = np.nan  # not stored: its answer must not be either
+        np.testing.assert_array_equal(mem.step(keys, feats, correct, answers)[1], plain.step(keys, feats, correct)[1])
+    # The last 30 of each key's stored rollouts (the bound evicts the oldest), in order.
+    for p in range(2):
+        expected = [a for keys, _, _, answers in steps for i, a in enumerate(answers) if keys[i] == f"q{p}" and i != 1]
+        assert stored_answers(mem, (f"q{p}", False)) == expected[-30:]
+    assert sorted(mem.answer_table) == ["0-0", "0-1", "1-0", "1-1"]
+    assert (plain.keys[("q0", False)].answers == -1).all(), "no answers given: unknown"
+
+    path = str(tmp_path / "m.npz")
+    mem.save(path)
+    loaded = ErrorMemory.load(path)
+    assert loaded.stats() == mem.stats()
+    for key in mem.keys:
+        assert stored_answers(loaded, key) == stored_answers(mem, key)
+    # Re-sharding: absorb re-numbers the answers into the receiving memory's table.
+    other = ErrorMemory()
+    other.step(["z"] * 3, np.eye(3, D, dtype=np.float32) + 1, np.zeros(3, bool), ["1-1", "new", None])
+    other.absorb(ErrorMemory.load(path), keep=lambda k: k == "q1")
+    assert set(other.keys) == {("z", False), ("q1", False)}
+    assert stored_answers(other, ("q1", False)) == stored_answers(mem, ("q1", False))
+    assert stored_answers(other, ("z", False)) == ["1-1", "new", None]
+    assert sorted(other.answer_table) == ["1-0", "1-1", "new"], "only the kept keys' answers are added"
+
+
+def test_a_checkpoint_without_answers_loads_with_answers_unknown(tmp_path):
+    keys, feats, correct, answers = answered_steps(13, steps=1)[0]
+    mem = ErrorMemory()
+    mem.step(keys, feats, correct, answers)
+    state = mem.state_dict()
+    for name in ("answers", "answer_table", "answer_offsets"):
+        del state[name]  # as a checkpoint written before answers were stored
+    old = ErrorMemory()
+    old.load_state_dict(state)
+    assert old.answer_table == [] and all((m.answers == -1).all() for m in old.keys.values())
+    assert old.stats()["cluster_answer_agreement_keys"] == 0
+    sizes, _ = old.step(keys, feats, correct, answers)
+    np.testing.assert_array_equal(sizes, mem.step(keys, feats, correct, answers)[0])
+    bad = mem.state_dict()
+    bad["answers"] = bad["answers"][:-1]
+    with pytest.raises(ValueError, match="answer ids do not match"):
+        ErrorMemory().load_state_dict(bad)
+
+
+def test_answers_are_checked_and_cut():
+    mem = ErrorMemory()
+    f = np.ones((2, D), np.float32)
+    no = np.zeros(2, bool)
+    with pytest.raises(ValueError, match="expected 2 answers"):
+        mem.step(["a", "a"], f, no, ["1"])
+    with pytest.raises(TypeError, match="str or None"):
+        mem.step(["a", "a"], f, no, ["1", 2])
+    with pytest.raises(TypeError, match="not a single string"):
+        mem.step(["a", "a"], f, no, "12")
+    assert mem.keys == {}
+    mem.step(["a", "a"], f, no, ["x" * 100, "y"])
+    assert stored_answers(mem, ("a", False)) == ["x" * 64, "y"]
+
+
+def test_cluster_answer_agreement_equals_a_direct_computation():
+    mem = ErrorMemory(MedsConfig(target="both"))
+    for keys, feats, correct, answers in answered_steps(14, steps=3, prompts=3):
+        mem.step(keys, feats, correct, answers)
+    st = mem.stats()
+    values = expected_agreement(mem)
+    assert st["cluster_answer_agreement_keys"] == len(values) == 3
+    assert st["cluster_answer_agreement"] == pytest.approx(np.mean(values), abs=1e-12)
+    # each mode is one cluster and one answer, up to the answerless sixth: high, not perfect
+    assert 0.5 < st["cluster_answer_agreement"] < 1.0
+    # answers that follow the clusters agree perfectly; answers that do not lower the value
+    # (the cached value is refreshed when the key is re-clustered)
+    exact = ErrorMemory()
+    rng = np.random.default_rng(15)
+    modes = rng.normal(size=(3, D)) * 3
+    m = np.repeat(np.arange(3), 7)
+    feats = (modes[m] + rng.normal(size=(21, D)) * 0.05).astype(np.float32)
+    exact.step(["k"] * 21, feats, np.zeros(21, bool), [str(x) for x in m])
+    st = exact.stats()
+    assert exact.keys[("k", False)].labels.max() == 2  # three clusters
+    assert st["cluster_answer_agreement"] == 1.0 and st["cluster_answer_agreement_keys"] == 1
+    exact.step(["k"] * 21, feats, np.zeros(21, bool), [str(x) for x in rng.permutation(m)])
+    st = exact.stats()
+    assert st["cluster_answer_agreement"] == pytest.approx(np.mean(expected_agreement(exact)), abs=1e-12)
+    assert st["cluster_answer_agreement"] < 0.9

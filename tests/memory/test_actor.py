@@ -138,6 +138,55 @@ def test_streamed_shuffled_concurrent_equals_synchronous(tmp_path, shards):
         client.shutdown()
 
 
+def test_answers_reach_the_shards_memories_stats_and_snapshots(tmp_path):
+    """Final answers go with submit into each shard's memory (a group may leave them out),
+    leave the penalties alone, and the shards' agreement stats combine as over one memory."""
+    cfg = MedsConfig(memory_shards=2, memory_dir=str(tmp_path / "m"))
+    steps = make_steps(4, steps=2, prompts=4)
+    # prompt-0 is submitted without answers; the others answer by the side of their first dim
+    answers = [[None if k == "prompt-0" else [f"{k}:{int(x > 0)}" for x in f[:, 0]] for k, f, _ in g] for g in steps]
+    ref = ErrorMemory(cfg)
+    expected = []
+    for t, groups in enumerate(steps):
+        touched = set()
+        for (key, feats, correct), a in zip(groups, answers[t]):
+            sizes, pens, keys = ref.assign([key] * N, feats, correct, step=t, answers=a)
+            expected.append(pens)
+            touched.update(keys)
+        ref.recluster(touched)
+    assert {shard_of(f"prompt-{p}", 2) for p in range(4)} == {0, 1}, "both shards hold keys"
+    client = MemoryClient.start(cfg, num_cpus=0)
+    try:
+        got = []
+        for t, groups in enumerate(steps):
+            gids = []
+            for (key, feats, correct), a in zip(groups, answers[t]):
+                kwargs = {} if a is None else {"answers": a}  # callers without answers still work
+                gid, ack = client.submit(key, t, feats, correct, **kwargs)
+                assert ray.get(ack) == gid
+                gids.append(gid)
+            got += [r[1] for r in client.fetch(gids)]
+        for x, y in zip(got, expected):
+            np.testing.assert_array_equal(x, y)
+        client.flush()
+        stats, want = client.stats(), ref.stats()
+        assert want["cluster_answer_agreement_keys"] >= 2
+        assert stats["cluster_answer_agreement_keys"] == want["cluster_answer_agreement_keys"]
+        assert stats["cluster_answer_agreement"] == pytest.approx(want["cluster_answer_agreement"], abs=1e-12)
+        client.snapshot(str(tmp_path / "ckpt"), step=2)
+    finally:
+        client.shutdown()
+    names = json.load(open(tmp_path / "ckpt" / "manifest.json"))["files"]
+    saved = ErrorMemory(cfg)
+    for name in names:
+        saved.absorb(ErrorMemory.load(str(tmp_path / "ckpt" / name)))
+    assert set(saved.keys) == set(ref.keys)
+    for key, mem in ref.keys.items():
+        want_answers = [ref.answer_of(int(i)) if i != -1 else "?" for i in mem.answers]
+        assert [saved.answer_of(int(i)) if i != -1 else "?" for i in saved.keys[key].answers] == want_answers
+    assert (saved.keys[("prompt-0", False)].answers == -1).all()
+
+
 def test_routing_is_stable():
     assert shard_of("prompt-1", 7) == shard_of("prompt-1", 7)
     assert shard_of(1, 7) != shard_of("1", 7) or shard_of(2, 7) != shard_of("2", 7)

@@ -18,8 +18,10 @@ from openrlhf_meds.memory.wal import (
     SNAPSHOT_FORMAT,
     SNAPSHOT_VERSION,
     ShardLog,
+    group_record,
     read_manifest,
     snapshot_files,
+    unpack_group,
     write_manifest,
 )
 
@@ -205,6 +207,26 @@ def test_an_unreadable_record_raises_after_the_readable_ones(tmp_path):
     again.skip_lost()
     again.open()
     assert again.append(("F", [1000])) == LOST_SEQ + 1
+
+
+def test_replay_keeps_the_answers_and_reads_older_records_without_them(tmp_path):
+    log = fresh(tmp_path)
+    _, gid, key, step, feats, ok = group(0)
+    answers = ["42", None, "\\frac{1}{2}", "7", "7", None, "x", "42"]
+    log.append(group_record(gid, key, step, feats, ok, answers))
+    log.append(group(1))  # a group record as logs wrote them before answers (6 fields)
+    log.append(group_record(*group(2)[1:]))  # no answers given
+    log.file.close()
+    _, got = reopen(tmp_path)
+    (_, first), (_, old), (_, none) = got
+    g, k, st, f, c, a = unpack_group(first)
+    assert (g, k, st, a) == (gid, key, step, answers)
+    np.testing.assert_array_equal(f, feats)
+    np.testing.assert_array_equal(c, ok)
+    assert unpack_group(old)[:3] == group(1)[1:4] and unpack_group(old)[5] is None
+    assert unpack_group(none)[5] is None
+    with pytest.raises(ValueError, match="not a group record"):
+        unpack_group(("F", [1000]))
 
 
 def test_clear_deletes_an_earlier_run(tmp_path):

@@ -1,6 +1,7 @@
 """Pathological answers, scored FROM A THREAD (where math-verify's own signal-based timeouts
 cannot work): each returns 0 within a few seconds, counts as a timeout or an error, and the
-pool goes on answering afterwards."""
+pool goes on answering afterwards. Answers too long to compare (deep nesting, a 20,000-character
+sum) are refused before the pool, whatever the machine's speed."""
 
 import asyncio
 import threading
@@ -18,6 +19,8 @@ BOUND = TIMEOUT + 10.0
 PATHOLOGICAL = {
     "tower of powers": "9^{9^{9^{9}}}",
     "factorial of factorials": "((9!)!)!",
+}
+TOO_LONG = {
     "deep nesting": "{" * 3000 + "1" + "}" * 3000,
     "20,000 characters": "1+" * 10_000 + "1",
 }
@@ -62,10 +65,20 @@ def test_pathological_label_from_a_thread():
 
 def test_cheap_bad_inputs_from_a_thread_are_immediate():
     cases = [("\\boxed{" + "{" * 5000 + "1", "1", "no_box"), ("\\boxed{1}", "", "errors")]
+    cases += [("\\boxed{" + answer + "}", "5", "errors") for answer in TOO_LONG.values()]
+    cases += [("\\boxed{5}", TOO_LONG["20,000 characters"], "errors")]
     for response, label, counter in cases:
         v, dt, before, after = _score_in_thread(response, label)
         assert v == 0.0 and dt < 0.5
         assert after[counter] - before[counter] == 1
+
+
+def test_answers_up_to_the_length_limit_are_compared():
+    padded = "5" + " " * (verify.MAX_ANSWER_CHARS - 1)  # a plain integer: compared in-process
+    assert verify.score("\\boxed{" + padded + "}", "5") == 1.0
+    before = verify.stats()
+    assert verify.score("\\boxed{" + padded + " }", "5") == 0.0
+    assert verify.stats()["errors"] - before["errors"] == 1
 
 
 def test_concurrent_threads_mix_of_hangs_and_answers():
