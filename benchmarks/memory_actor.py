@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import ray
-from memory_step import depth_steps, scale_parser  # benchmarks/ is the script's directory
+from memory_step import depth_steps, reference_step, scale_parser  # benchmarks/ is the script's directory
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
 from openrlhf_meds.meds.reference import ReferenceMemory
@@ -104,11 +104,7 @@ def main():
         work = (stats["assign_ms_sum"] + stats["recluster_ms_sum"]) / 1e3
         pens = np.concatenate([r[1] for r in results])
         if ref is not None:
-            t0 = time.perf_counter()
-            _, pen_ref = ref.step(step_keys, feats, correct)
-            t_ref = time.perf_counter() - t0
-            differ = int((pens != pen_ref).sum())
-            same = "yes" if differ == 0 else f"{differ} differ"
+            t_ref, same = reference_step(ref, step_keys, feats, correct, pens)
             print(
                 f"{e:>5} {stats['vectors']:>9} {critical:>11.3f} {t_ref:>11.2f} {t_ref / critical:>6.0f}x "
                 f"{work:>7.2f} {bg_done:>10.2f} {same:>10}"

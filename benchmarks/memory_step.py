@@ -72,6 +72,16 @@ def scale_parser(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def reference_step(ref: ReferenceMemory, keys, feats, correct, penalties) -> tuple[float, str]:
+    """The reference's step on the same rollouts: (its seconds, "yes" when its penalties equal
+    `penalties` exactly, else how many differ)."""
+    t0 = time.perf_counter()
+    _, pen_ref = ref.step(keys, feats, correct)
+    t_ref = time.perf_counter() - t0
+    differ = int((penalties != pen_ref).sum())
+    return t_ref, "yes" if differ == 0 else f"{differ} differ"
+
+
 def depth_steps(args, ref: ReferenceMemory | None = None, repeat_frac: float = 0.0):
     """For each memory depth e of `--epochs`: fill an appending ErrorMemory (and `ref`, if
     given, clustered) to e epochs, untimed, and yield (e, filler, step_keys, feats, correct):
@@ -152,11 +162,7 @@ def main():
             counts = ours.counters - before  # this step's
             row = f"{frac:>7} {e:>5} {vectors:>10} "
             if ref is not None:
-                t0 = time.perf_counter()
-                _, pen_ref = ref.step(step_keys, feats, correct)
-                t_ref = time.perf_counter() - t0
-                differ = int((pen_ours != pen_ref).sum())
-                same = "yes" if differ == 0 else f"{differ} differ"
+                t_ref, same = reference_step(ref, step_keys, feats, correct, pen_ours)
                 row += f"{t_ref:>11.2f} {t_ours:>12.3f} {t_ref / t_ours:>6.0f}x {same:>10} "
             else:
                 row += f"{'-':>11} {t_ours:>12.3f} {'-':>7} {'-':>10} "
