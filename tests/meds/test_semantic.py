@@ -10,16 +10,18 @@ from openrlhf_meds.meds.memory import ErrorMemory
 from openrlhf_meds.meds.semantic import SemanticEncoder
 
 
-def _direct_embedding(path: str, text: str) -> np.ndarray:
-    """One text alone through the encoder, pooled by hand: the reference for `encode`."""
+def _direct_embeddings(path: str, texts: list[str]) -> np.ndarray:
+    """Each text alone through the encoder, pooled by hand: the reference for `encode`."""
     from transformers import AutoModel, AutoTokenizer
 
     tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    ids = tok(text, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**ids).last_hidden_state[0]
-    mean = hidden.mean(dim=0)
-    return (mean / mean.norm()).numpy()
+    rows = []
+    for text in texts:
+        with torch.no_grad():
+            hidden = model(**tok(text, return_tensors="pt")).last_hidden_state[0]
+        mean = hidden.mean(dim=0)
+        rows.append((mean / mean.norm()).numpy())
+    return np.stack(rows)
 
 
 TEXTS = [
@@ -34,8 +36,8 @@ def test_encode_is_the_normalised_mean_of_the_last_hidden_state_whatever_the_bat
     got = enc.encode(TEXTS)
     assert got.shape == (3, 32) and got.dtype == np.float32 and enc.dim == 32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
-    for row, text in zip(got, TEXTS):  # padded beside longer texts, the row is the text's own
-        np.testing.assert_allclose(row, _direct_embedding(tiny_encoder, text), atol=1e-5)
+    # padded beside longer texts, each row is the text's own
+    np.testing.assert_allclose(got, _direct_embeddings(tiny_encoder, TEXTS), atol=1e-5)
     assert not np.allclose(got[0], got[1])
     assert np.isnan(enc.encode([""])).all()  # no tokens, no embedding
     with pytest.raises(TypeError, match="sequence of texts"):
