@@ -64,7 +64,9 @@ def main():
 
     P, R, d = args.prompts, args.rollouts, args.dim
 
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False
+    )
     tmp = tempfile.mkdtemp(prefix="meds_bench_")
     cfg = MedsConfig(memory_shards=args.shards, memory_dir=os.path.join(tmp, "state"), snapshot_interval=0)
     client = MemoryClient.start(cfg, num_cpus=1)

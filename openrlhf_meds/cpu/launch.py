@@ -12,6 +12,7 @@ Both install `openrlhf_meds.cpu.patches` in every process (see `cpu_env`). Appen
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,11 +41,16 @@ SFT_CPU_FLAGS = [
 ]  # fmt: skip
 
 
+THREADS_ENV = "OPENRLHF_MEDS_CPU_THREADS"  # overrides `threads` (torch/OpenMP threads per process)
+
+
 def cpu_env(threads: int = 1) -> dict[str, str]:
     """Environment variables of CPU mode, for this process and every child.
 
-    `threads` is each process's torch/OpenMP thread count (several processes share the cores).
+    `threads` is each process's torch/OpenMP thread count (several processes share the cores);
+    $OPENRLHF_MEDS_CPU_THREADS overrides it.
     """
+    threads = int(os.environ.get(THREADS_ENV) or threads)
     pythonpath = os.environ.get("PYTHONPATH", "")
     parts = [p for p in pythonpath.split(os.pathsep) if p and p != STARTUP_DIR]
     return {
@@ -93,28 +99,74 @@ def run_ppo(
 ) -> None:
     """Run OpenRLHF's `train_ppo_ray` main with `argv` (its flags) on CPU, in this process.
 
-    Starts Ray in-process with `num_gpus` logical GPUs, so OpenRLHF's `num_gpus=1` actors and
-    `{"GPU": 1}` bundles schedule unchanged (Ray resources are only labels here), runs the
-    script as `__main__` with runpy, and shuts Ray down. `replace` swaps classes or functions
-    before the script imports them, e.g. {"openrlhf.trainer.ppo_trainer.PPOTrainer": MyTrainer}.
-    Put `PPO_CPU_FLAGS` in `argv`.
+    Without `RAY_ADDRESS` it starts its own in-process Ray with `num_gpus` logical GPUs (Ray
+    resources are only labels here, so OpenRLHF's `num_gpus=1` actors and `{"GPU": 1}` bundles
+    schedule unchanged), even where `ray start` left a live or stale cluster on the machine.
+    With `RAY_ADDRESS` (set by `ray job submit` for its driver, or by the user) it joins that
+    cluster, which must have been started with logical GPUs, and ships CPU mode's environment to
+    every worker (see `join_env`). Runs the script as `__main__` with runpy, then disconnects.
+    `replace` swaps classes or functions before the script imports them, e.g.
+    {"openrlhf.trainer.ppo_trainer.PPOTrainer": MyTrainer}. Put `PPO_CPU_FLAGS` in `argv`.
     """
     import ray
 
     with cpu_mode(threads):
-        if ray.is_initialized():
-            raise RuntimeError("run_ppo starts its own Ray; call ray.shutdown() first")
-        # Workers inherit os.environ (PYTHONPATH, OPENRLHF_MEDS_CPU) from the raylet started here.
-        ray.init(
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            object_store_memory=object_store_memory,
-            include_dashboard=False,
-        )
+        init_ray(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory, threads=threads)
         try:
             run_train_ppo_ray(argv, replace)
         finally:
             ray.shutdown()
+
+
+def init_ray(*, num_cpus: int = 16, num_gpus: int = 8, object_store_memory: int = 256 * 1024**2, threads: int = 1):
+    """Join the cluster at `RAY_ADDRESS`, or start one of this process's own (see `run_ppo`).
+    Call inside `cpu_mode`."""
+    import ray
+
+    if ray.is_initialized():
+        raise RuntimeError("CPU mode starts or joins Ray itself; call ray.shutdown() first")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": join_env(threads)})
+        if ray.cluster_resources().get("GPU", 0) < 1:
+            ray.shutdown()
+            raise SystemExit(
+                f"error: the Ray cluster at RAY_ADDRESS={address} has no GPUs. In CPU mode GPUs are "
+                "logical labels: start the cluster with `ray start --head --num-gpus 8` (and each "
+                "worker node with --num-gpus), or unset RAY_ADDRESS to run on a cluster of its own."
+            )
+        return
+    # address="local": a new cluster. Plain ray.init() would join the last `ray start` cluster
+    # of this machine (its ray_current_cluster file), even one stopped since.
+    # Workers inherit os.environ (PYTHONPATH, OPENRLHF_MEDS_CPU) from the raylet started here.
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        object_store_memory=object_store_memory,
+        include_dashboard=False,
+    )
+
+
+def join_env(threads: int = 1) -> dict[str, str]:
+    """`cpu_env` as the env_vars of the driver's runtime environment on a running cluster.
+
+    The workers of a cluster started by `ray start` do not inherit the driver's environment, so
+    CPU mode's variables go with the job. Ray refuses a variable set both by the job's own
+    runtime environment (`ray job submit --runtime-env`) and by the driver: those keep the job's
+    value, except the two CPU mode cannot run without.
+    """
+    env = cpu_env(threads)
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    job_vars = (job.get("runtime_env") or {}).get("env_vars") or {}
+    for key in ("OPENRLHF_MEDS_CPU", "PYTHONPATH"):
+        if key in job_vars and job_vars[key] != env[key]:
+            raise SystemExit(
+                f"error: the job's runtime environment sets {key}={job_vars[key]!r}; CPU mode needs "
+                f"{key}={env[key]!r} on every worker (leave it unset: the driver sets it; see "
+                "ray_configs/runtime_env_cpu.yaml)"
+            )
+    return {key: value for key, value in env.items() if key not in job_vars}
 
 
 def run_sft(argv: list[str], *, threads: int = 1, timeout: float | None = None, **run_kwargs):

@@ -2,6 +2,7 @@
 
     write_task(out_dir, seed)   SFT jsonl (prompt + answer) and RL prompt jsonl
                                 (prompt + label) for OpenRLHF's `train_sft` / `train_ppo_ray`
+    write_split(out_dir, ...)   distinct sums for RL and held-out ones for `openrlhf_meds.eval`
     reward_func(...)            the rule-based verifier; this file is the reward file:
                                 `--reward.remote_url <path of this file>` (REWARD_FILE)
 
@@ -70,6 +71,29 @@ def write_task(out_dir: str, seed: int = 0, n_sft: int = 4000, n_rl: int = 512, 
         for row in make_dataset(seed + 1_000_003, n_rl, max_operand):
             f.write(json.dumps({"prompt": row["prompt"], "label": row["label"]}) + "\n")
     return {**paths, "reward": REWARD_FILE}
+
+
+def write_split(out_dir: str, n_train: int, n_heldout: int, seed: int = 1234, max_operand: int = 9) -> dict:
+    """Distinct sums for RL and for evaluation: `train.jsonl` (n_train) and `heldout.jsonl`
+    (the next n_heldout, none of them trained on by RL; the SFT data covers every sum).
+
+    Every row has `prompt`/`label` (GRPO's keys) and `id`/`problem`/`answer` (`python -m
+    openrlhf_meds.eval --template raw`, the prompt being complete). Returns {"train", "heldout"}.
+    """
+    sums = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+    if n_train < 1 or n_heldout < 0 or n_train + n_heldout > len(sums):
+        raise ValueError(f"write_split: need 1 <= n_train and n_train + n_heldout <= {len(sums)} distinct sums")
+    random.Random(seed).shuffle(sums)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for name, rows in (("train", sums[:n_train]), ("heldout", sums[n_train : n_train + n_heldout])):
+        paths[name] = os.path.join(out_dir, f"{name}.jsonl")
+        with open(paths[name], "w") as f:
+            for a, b in rows:
+                prompt, answer = format_prompt(f"What is {a} + {b}?"), str(a + b)
+                row = {"id": f"{a}+{b}", "prompt": prompt, "label": answer, "problem": prompt, "answer": answer}
+                f.write(json.dumps(row) + "\n")
+    return paths
 
 
 def last_boxed(text: str) -> str | None:

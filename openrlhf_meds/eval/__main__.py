@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     for model, tag in zip(args.model, _model_tags(args.model)):
         done = done_problems(read_samples(samples_path), args.n)
         todo = [(name, p) for name, problems in datasets.items() for p in problems if (tag, name, p.id) not in done]
-        if len(done):
+        if len(todo) < total:
             print(f"[eval] {tag}: resuming, {total - len(todo)} of {total} problems already sampled", flush=True)
         if todo:
             generate(

@@ -1,6 +1,8 @@
 """The demo's summary and picture from a run's scalars (the runs themselves: tests/test_e2e.py)."""
 
-from openrlhf_meds.demo.main import CURVES, DIVERSITY, diversity_lines, plot
+import pytest
+
+from openrlhf_meds.demo.main import CURVES, DIVERSITY, HELD_OUT_TAG, diversity_lines, heldout_lines, plot
 
 
 def test_diversity_lines_show_first_and_last_step_side_by_side():
@@ -14,9 +16,27 @@ def test_diversity_lines_show_first_and_last_step_side_by_side():
     assert diversity_lines({}, None)[1].endswith("n/a")
 
 
-def test_plot_writes_a_png_with_every_curve(tmp_path):
-    run = {tag: {1: 0.1, 2: 0.2} for tag in CURVES}
+def evaluated(values: dict[int, tuple[float, float]]) -> dict:
+    """Scalars of a run evaluated at step 0 and step 5: {k: (pass@k at 0, pass@k at 5)}."""
+    return {HELD_OUT_TAG.format(k): {0: first, 5: last} for k, (first, last) in values.items()}
+
+
+def test_heldout_lines_put_the_sft_model_and_both_last_steps_side_by_side():
+    meds = evaluated({1: (0.125, 0.25), 2: (0.2, 0.375)})
+    baseline = {HELD_OUT_TAG.format(k): {5: v} for k, v in ((1, 0.0625), (2, 0.1))}
+    lines = heldout_lines(meds, baseline)
+    assert lines[0].endswith("SFT'd | MEDS | baseline")
+    assert lines[1].split()[0] == "pass@1" and lines[1].endswith("0.125 | 0.250 | 0.062")
+    assert lines[2].split()[0] == "pass@2" and lines[2].endswith("0.200 | 0.375 | 0.100")
+    assert heldout_lines(meds, None)[1].endswith("0.125 | 0.250")
+    assert heldout_lines({}, None)[1:] == []  # no evaluation logged: no rows
+
+
+@pytest.mark.parametrize("with_baseline", [True, False])
+def test_plot_writes_a_png_with_every_curve(tmp_path, with_baseline):
+    run = {tag: {1: 0.1, 2: 0.2} for tag in CURVES} | evaluated({1: (0.1, 0.2), 4: (0.3, 0.5)})
     path = tmp_path / "curves.png"
-    plot(run, str(path), baseline={"train/div/distinct_answers": {1: 0.3, 2: 0.4}})
+    baseline = {"train/div/distinct_answers": {1: 0.3, 2: 0.4}} | evaluated({1: (0.1, 0.1)})
+    plot(run, str(path), baseline=baseline if with_baseline else None)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(CURVES) == 9  # a 3 x 3 grid
+    assert len(CURVES) == 8  # a 3 x 3 grid, the last panel held-out pass@k

@@ -85,3 +85,19 @@ def test_reward_file_through_openrlhf_executor():
     assert torch.cat(scores).tolist() == [1.0, 0.0, 0.0]
     assert torch.cat(rewards).tolist() == [1.0, 0.0, 0.0]
     assert [r["extra_logs"]["boxed"].item() for r in results] == [1.0, 1.0, 0.0]
+
+
+def test_write_split_gives_distinct_train_and_heldout_sums(tmp_path):
+    paths = arith.write_split(str(tmp_path), 16, 32)
+    rows = {name: [json.loads(line) for line in open(path)] for name, path in paths.items()}
+    ids = {name: [r["id"] for r in rs] for name, rs in rows.items()}
+    assert len(ids["train"]) == 16 and len(ids["heldout"]) == 32
+    assert len(set(ids["train"] + ids["heldout"])) == 48  # distinct, and none held out is trained on
+    for r in rows["train"] + rows["heldout"]:
+        a, b = map(int, r["id"].split("+"))
+        assert r["label"] == r["answer"] == str(a + b) and r["prompt"] == r["problem"]
+        assert f"What is {a} + {b}?" in r["prompt"]
+    assert arith.write_split(str(tmp_path / "again"), 16, 32)  # a function of the seed:
+    assert open(paths["heldout"]).read() == open(tmp_path / "again" / "heldout.jsonl").read()
+    with pytest.raises(ValueError, match="distinct sums"):
+        arith.write_split(str(tmp_path), 90, 20)

@@ -159,7 +159,12 @@ def run(tiny_qwen2, qwen_tokenizer, tmp_path_factory):
     config = MedsConfig(feature_source="actor", alpha=ALPHA, beta=BETA, memory_shards=2, memory_dir=str(tmp / "meds"))
     with cpu_mode():
         ray.init(
-            num_cpus=4, num_gpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False
+            address="local",
+            num_cpus=4,
+            num_gpus=2,
+            object_store_memory=200 * 1024**2,
+            include_dashboard=False,
+            log_to_driver=False,
         )
         try:
             args = openrlhf_args(argv)  # after ray.init: train() starts Ray itself otherwise

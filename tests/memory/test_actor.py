@@ -19,6 +19,7 @@ D, N = 6, 8  # feature width, rollouts per group
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
     ray.init(
+        address="local",
         num_cpus=2,
         num_gpus=0,
         object_store_memory=80 * 1024**2,

@@ -11,7 +11,14 @@ pytestmark = pytest.mark.slow  # starts an in-process Ray cluster: ~10-30 s
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=1, num_gpus=0, object_store_memory=80 * 1024**2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=1,
+        num_gpus=0,
+        object_store_memory=80 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 
