@@ -14,6 +14,26 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
+def local_ray():
+    """`local_ray(num_cpus, num_gpus, object_store_mb, **ray_init_kwargs)` starts an in-process
+    Ray cluster of the test's own: `address="local"`, never a `ray start` cluster of the machine."""
+    import ray
+
+    def start(num_cpus: int = 2, num_gpus: int = 0, object_store_mb: int = 80, **kwargs):
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            object_store_memory=object_store_mb * 1024**2,
+            include_dashboard=False,
+            log_to_driver=False,
+            **kwargs,
+        )
+
+    return start
+
+
+@pytest.fixture(scope="session")
 def qwen_tokenizer():
     from openrlhf_meds.demo.toy import build_qwen_tokenizer
 

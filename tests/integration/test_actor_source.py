@@ -133,7 +133,7 @@ def prompt_batches(names):
 
 
 @pytest.fixture(scope="module")
-def run(tiny_qwen2, qwen_tokenizer, tmp_path_factory):
+def run(tiny_qwen2, qwen_tokenizer, tmp_path_factory, local_ray):
     """Ray with 2 logical GPUs, a MemoryActor, 2 MEDS policy actors (DeepSpeed ZeRO-2, gloo) and
     the MEDS trainer around them, as train_grpo builds it for `--meds.feature_source actor`."""
     tmp = tmp_path_factory.mktemp("actor_source")
@@ -158,14 +158,7 @@ def run(tiny_qwen2, qwen_tokenizer, tmp_path_factory):
     ]  # fmt: skip
     config = MedsConfig(feature_source="actor", alpha=ALPHA, beta=BETA, memory_shards=2, memory_dir=str(tmp / "meds"))
     with cpu_mode():
-        ray.init(
-            address="local",
-            num_cpus=4,
-            num_gpus=2,
-            object_store_memory=200 * 1024**2,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+        local_ray(num_cpus=4, num_gpus=2, object_store_mb=200)
         try:
             args = openrlhf_args(argv)  # after ray.init: train() starts Ray itself otherwise
             assert args.ds.attn_implementation == "flash_attention_2"

@@ -45,15 +45,8 @@ def openrlhf_args(argv):
 
 
 @pytest.fixture(scope="module")
-def memory(tmp_path_factory):
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=0,
-        object_store_memory=80 * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+def memory(tmp_path_factory, local_ray):
+    local_ray()
     client = MemoryClient.start(MedsConfig(memory_dir=str(tmp_path_factory.mktemp("meds"))), num_cpus=0)
     yield client
     client.shutdown()

@@ -17,16 +17,8 @@ D, N = 6, 8  # feature width, rollouts per group
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=0,
-        object_store_memory=80 * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", "")}},
-    )
+def ray_cluster(local_ray):
+    local_ray(runtime_env={"env_vars": {"NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", "")}})
     yield
     ray.shutdown()
 

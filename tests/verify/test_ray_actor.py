@@ -9,16 +9,9 @@ pytestmark = pytest.mark.slow  # starts an in-process Ray cluster: ~10-30 s
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(local_ray):
     ray = pytest.importorskip("ray")
-    ray.init(
-        address="local",
-        num_cpus=1,
-        num_gpus=0,
-        object_store_memory=80 * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    local_ray(num_cpus=1)
     yield ray
     ray.shutdown()
 
