@@ -2,7 +2,8 @@
 RAY_ADDRESS with CPU mode's environment on every worker (`openrlhf_meds.cpu.launch.init_ray`).
 
 Real `ray start` clusters with their own temp dir (RAY_TMPDIR), stopped by process id. Each
-case runs in a fresh interpreter, as `train_grpo --cpu` would (about 40 s in all on 2 cores).
+case runs in a fresh interpreter, as `train_grpo --cpu` would (about 40 s in all on 2 cores, and
+about 2 minutes for the `ray job submit` run).
 """
 
 from __future__ import annotations
@@ -54,20 +55,38 @@ def ray_tmp():
     # Short: Ray's unix socket paths live under it (108 characters at most).
     path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     yield path
-    # Whatever `ray start` left running under this temp dir, by process id.
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if any(path in part for part in proc.info["cmdline"] or []):
+    # Whatever `ray start` left running under this temp dir, by process id, with their children
+    # (Ray workers rename themselves "ray::...", so they are found through their raylet).
+    ours = [p for p in psutil.process_iter(["pid", "cmdline"]) if any(path in a for a in p.info["cmdline"] or [])]
+    for proc in [c for p in ours for c in _children(p)] + ours:
+        try:
             proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
-def ray_start(ray_tmp: str, num_gpus: int) -> str:
-    """`ray start --head` with its own temp dir and ports; returns its GCS address."""
+def _children(proc) -> list:
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def ray_start(ray_tmp: str, num_gpus: int, num_cpus: int = 2, dashboard_port: int | None = None) -> str:
+    """`ray start --head` with its own temp dir and ports (and the job server on
+    `dashboard_port` if given); returns its GCS address."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = ray_tmp
     port = _free_port()
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    cmd = [ray, "start", "--head", f"--port={port}", "--num-cpus=2", f"--num-gpus={num_gpus}"]
-    cmd += [f"--temp-dir={ray_tmp}", "--include-dashboard=false", "--disable-usage-stats"]
+    cmd = [RAY, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}"]
+    cmd += [f"--temp-dir={ray_tmp}", "--disable-usage-stats"]
+    if dashboard_port:
+        cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+    else:
+        cmd += ["--include-dashboard=false"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
     return f"127.0.0.1:{port}"
 
@@ -111,3 +130,33 @@ def test_cluster_without_gpus_is_a_clear_error(ray_tmp):
     address = ray_start(ray_tmp, num_gpus=0)
     seen = probe(ray_tmp, address)
     assert "has no GPUs" in seen["exit"] and "--num-gpus" in seen["exit"] and address in seen["exit"]
+
+
+def test_ray_job_submit_runs_train_grpo_cpu_with_meds(ray_tmp, sft_model, tmp_path):
+    """The headline command on CPU: `ray job submit --runtime-env ray_configs/runtime_env_cpu.yaml
+    -- python -m openrlhf_meds.train_grpo --cpu ...` against a `ray start` cluster, 2 MEDS steps
+    with 2 memory shards (about 2 minutes)."""
+    from openrlhf_meds.cpu.launch import PPO_CPU_FLAGS
+    from openrlhf_meds.demo.main import read_scalars
+    from openrlhf_meds.demo.sft import grpo_argv
+
+    dashboard = _free_port()
+    ray_start(ray_tmp, num_gpus=8, num_cpus=16, dashboard_port=dashboard)
+    out = str(tmp_path / "grpo")
+    argv = grpo_argv(
+        sft_model["sft_model"], sft_model["prompts"], sft_model["reward"], out, steps=2, prompts_per_step=4
+    )[: -len(PPO_CPU_FLAGS)]
+    argv += ["--logger.tensorboard_dir", os.path.join(out, "tb"), "--logger.logging_steps", "1"]
+    argv += ["--ckpt.save_steps", "2", "--meds.memory_shards", "2", "--meds.memory_dir", str(tmp_path / "meds")]
+    runtime_env = os.path.join(os.path.dirname(__file__), "..", "..", "ray_configs", "runtime_env_cpu.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "OPENRLHF_MEDS_CPU")}
+    env["RAY_TMPDIR"] = ray_tmp
+    cmd = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--runtime-env", runtime_env, "--"]
+    cmd += [sys.executable, "-m", "openrlhf_meds.train_grpo", "--cpu", *argv]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "succeeded" in log, log[-5000:]
+    scalars = {tag: dict(points) for tag, points in read_scalars(os.path.join(out, "tb")).items()}
+    assert sorted(scalars["train/meds/memory_vectors"]) == [1, 2]
+    assert scalars["train/meds/memory_vectors"][2] > scalars["train/meds/memory_vectors"][1] > 0
+    assert os.path.isdir(os.path.join(out, "ckpt", "meds_memory", "global_step2"))
