@@ -33,6 +33,35 @@ def local_ray():
     return start
 
 
+@pytest.fixture
+def ray_tmp():
+    """A short temp dir (Ray's unix socket paths live under it: 108 characters at most) for
+    the processes a test starts (`ray start`, Slurm daemons). At teardown every process whose
+    command line names it is killed by process id, with its children (Ray workers rename
+    themselves "ray::...", so they are found through their raylet)."""
+    import tempfile
+
+    import psutil
+
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield path
+    ours = [p for p in psutil.process_iter(["pid", "cmdline"]) if any(path in a for a in p.info["cmdline"] or [])]
+    for proc in [c for p in ours for c in _children(p)] + ours:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _children(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
     from openrlhf_meds.demo.toy import build_qwen_tokenizer
@@ -110,3 +139,42 @@ def sft_model(tmp_path_factory):
     # 140 SFT steps instead of the demo's 200: the loss has flattened by step ~100 (0.70, 0.65
     # at 200), the format is learned, and CI saves two minutes.
     return sft_tiny_model(str(tmp_path_factory.mktemp("sft")), n_sft=1120)
+
+
+@pytest.fixture
+def meds_job(sft_model):
+    """A 2-step MEDS run of the SFT model for a two-node cluster of the test's (`ray job submit`, Slurm):
+    `argv(out, memory_dir)`, the flags after `train_grpo --cpu` (2 memory shards spread over the
+    nodes, a checkpoint at step 2, tensorboard in `out`/tb); `check(out, log)`, what the finished
+    run must show; `runtime_env`, ray_configs/runtime_env_cpu.yaml."""
+    import re
+    from types import SimpleNamespace
+
+    from openrlhf_meds.cpu.launch import PPO_CPU_FLAGS
+    from openrlhf_meds.demo.main import read_scalars
+    from openrlhf_meds.demo.sft import grpo_argv
+    from openrlhf_meds.memory.wal import read_manifest
+
+    def argv(out: str, memory_dir: str) -> list[str]:
+        flags = grpo_argv(
+            sft_model["sft_model"], sft_model["prompts"], sft_model["reward"], out, steps=2, prompts_per_step=4
+        )[: -len(PPO_CPU_FLAGS)]
+        flags += ["--logger.tensorboard_dir", os.path.join(out, "tb"), "--logger.logging_steps", "1"]
+        flags += ["--ckpt.save_steps", "2", "--meds.memory_shards", "2", "--meds.memory_placement", "spread"]
+        return flags + ["--meds.memory_dir", memory_dir]
+
+    def check(out: str, log: str) -> None:
+        # the shards on two nodes (the driver's first), the per-step MEDS lines, growing
+        # meds/memory_vectors, the memory's checkpoint with both shards
+        placed = re.search(r"MEDS memory \(spread placement\): shard 0 on node (\w+) .*, shard 1 on node (\w+) ", log)
+        assert placed and placed.group(1) != placed.group(2), log[-5000:]
+        assert "MEDS step 1: " in log and "MEDS step 2: " in log, log[-5000:]
+        scalars = {tag: dict(points) for tag, points in read_scalars(os.path.join(out, "tb")).items()}
+        assert sorted(scalars["train/meds/memory_vectors"]) == [1, 2]
+        assert scalars["train/meds/memory_vectors"][2] > scalars["train/meds/memory_vectors"][1] > 0
+        manifest, files = read_manifest(os.path.join(out, "ckpt", "meds_memory", "global_step2"))
+        assert manifest["num_shards"] == 2 and manifest["step"] == 2 and len(files) == 2
+        assert manifest["vectors"] == scalars["train/meds/memory_vectors"][2]
+
+    runtime_env = os.path.join(os.path.dirname(__file__), "..", "ray_configs", "runtime_env_cpu.yaml")
+    return SimpleNamespace(argv=argv, check=check, runtime_env=os.path.abspath(runtime_env))

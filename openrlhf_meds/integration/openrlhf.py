@@ -119,7 +119,13 @@ def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]
         """Stands in for PPOTrainer.remote in train(): Ray is up and the engines exist."""
         import ray
 
-        memory = MemoryClient.start(config, name="meds-memory") if config.enable else None
+        memory = None
+        if config.enable:
+            memory = MemoryClient.start(config, name="meds-memory")
+            where = ", ".join(
+                f"shard {p['shard']} on node {p['node_id'][:8]} ({p['ip']}, pid {p['pid']})" for p in memory.placement()
+            )
+            print(f"MEDS memory ({config.memory_placement} placement): {where}", flush=True)
         trainer = MedsPPOTrainer.remote(*args, **kwargs)
         ray.get(trainer.meds_setup.remote(config.to_dict(), memory))
         return trainer

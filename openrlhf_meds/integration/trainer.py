@@ -274,6 +274,13 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
                 "meds/cluster_answer_agreement": stats.get("cluster_answer_agreement", 0.0),
             }
         )
+        # One line per step for plain logs (Slurm, `ray job logs`), where no dashboard is.
+        self.strategy.print(
+            f"MEDS step {next_step}: {status.get('meds/frac_penalized', 0.0):.0%} of rollouts penalized "
+            f"(mean penalty {status.get('meds/penalty_mean', 0.0):.4f}), memory {stats['vectors']} vectors "
+            f"under {stats['keys']} (prompt, verdict) keys, {stats['clusters_per_key']:.2f} clusters per key, "
+            f"{stats.get('restarts', 0)} shard restarts"
+        )
         return status, next_step
 
     def evaluate(self, global_step, **generate_kwargs):

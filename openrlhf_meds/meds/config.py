@@ -34,6 +34,7 @@ CLUSTERINGS = ("exact", "hdbscan", "random", "single")
 FEATURE_SOURCES = ("vllm", "actor")
 FEATURE_DTYPES = ("bf16", "float32")
 FEATURE_KINDS = ("logits", "semantic")
+MEMORY_PLACEMENTS = ("driver", "spread")
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,14 @@ class MedsConfig:
         "int",
         lo=1,
         hi=MAX_SHARDS,
+    )
+    memory_placement: str = _knob(
+        "driver",
+        "where the MemoryActor shards run: driver: on the driver's node (soft: elsewhere if it lacks CPUs); "
+        "spread: shard i on the i-th alive node with CPUs, driver's node first (soft too), for many shards "
+        "on a multi-node cluster (--meds.memory_dir and --ckpt.path must then be on a shared filesystem)",
+        "choice",
+        choices=MEMORY_PLACEMENTS,
     )
     filtered_into_memory: bool = _knob(
         False,

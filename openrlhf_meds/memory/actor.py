@@ -93,6 +93,11 @@ class MemoryActor:
 
     # ------------------------------------------------------------------ client API
 
+    def node(self) -> dict:
+        """Where this shard runs: {"shard", "node_id", "ip", "pid"}."""
+        node_id, ip = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
+        return {"shard": self.shard, "node_id": node_id, "ip": ip, "pid": os.getpid()}
+
     async def submit(self, group_id: int, prompt_key, step: int, features, correct, answers=None) -> int:
         """Accept one prompt group: per-rollout features (NaN rows for missing), verifier
         correctness and, optionally, final answers (str or None per rollout), stored with the

@@ -32,6 +32,17 @@ def new_group_id(prompt_key: Hashable, num_shards: int) -> int:
     return (secrets.randbits(62 - SHARD_BITS) << SHARD_BITS) | shard_of(prompt_key, num_shards)
 
 
+def shard_nodes(num_shards: int, placement: str, num_cpus: float) -> list[str]:
+    """The node id each shard asks for. "driver": this process's node for all; "spread":
+    round-robin over the alive nodes with at least `num_cpus` CPUs, this node first."""
+    here = ray.get_runtime_context().get_node_id()
+    if placement == "driver":
+        return [here] * num_shards
+    alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= num_cpus]
+    ids = sorted((n["NodeID"] for n in alive), key=lambda n: (n != here, n)) or [here]
+    return [ids[i % len(ids)] for i in range(num_shards)]
+
+
 class MemoryClient:
     """Routes groups to MemoryActor shards; picklable, so rollout workers can hold one."""
 
@@ -40,14 +51,14 @@ class MemoryClient:
 
     @classmethod
     def start(cls, config: MedsConfig, num_cpus: float = 1, name: str | None = None) -> MemoryClient:
-        """Start `config.memory_shards` MemoryActors (CPU only), preferring this (the
-        driver's, usually the head) node, restarted by Ray if their process dies."""
+        """Start `config.memory_shards` MemoryActors (CPU only) on the nodes that
+        `config.memory_placement` picks (`shard_nodes`), restarted by Ray if their process dies."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from .actor import MemoryActor  # actor.py imports shard_of from here
 
         state_dir = config.memory_dir or tempfile.mkdtemp(prefix="openrlhf_meds_memory_")
-        here = ray.get_runtime_context().get_node_id()
+        nodes = shard_nodes(config.memory_shards, config.memory_placement, num_cpus)
         actor_cls = ray.remote(MemoryActor)
         actors = [
             actor_cls.options(
@@ -56,11 +67,16 @@ class MemoryClient:
                 max_restarts=-1,
                 max_task_retries=-1,
                 name=f"{name}-{i}" if name else None,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True),
+                # soft: a restart after its node is gone runs elsewhere
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True),
             ).remote(config.to_dict(), i, config.memory_shards, state_dir)
-            for i in range(config.memory_shards)
+            for i, node in enumerate(nodes)
         ]
         return cls(actors, config.memory_shards, state_dir)
+
+    def placement(self) -> list[dict]:
+        """Where each shard runs: [{"shard", "node_id", "ip", "pid"}] (waits until they are up)."""
+        return ray.get([a.node.remote() for a in self.actors])
 
     def new_group_id(self, prompt_key) -> int:
         """A fresh group id for `prompt_key`, routed to its shard."""

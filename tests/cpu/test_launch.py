@@ -12,9 +12,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
-import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -50,28 +48,6 @@ def probe(ray_tmp: str, address: str | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def ray_tmp():
-    # Short: Ray's unix socket paths live under it (108 characters at most).
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    yield path
-    # Whatever `ray start` left running under this temp dir, by process id, with their children
-    # (Ray workers rename themselves "ray::...", so they are found through their raylet).
-    ours = [p for p in psutil.process_iter(["pid", "cmdline"]) if any(path in a for a in p.info["cmdline"] or [])]
-    for proc in [c for p in ours for c in _children(p)] + ours:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
-def _children(proc) -> list:
-    try:
-        return proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 
@@ -89,6 +65,17 @@ def ray_start(ray_tmp: str, num_gpus: int, num_cpus: int = 2, dashboard_port: in
         cmd += ["--include-dashboard=false"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
     return f"127.0.0.1:{port}"
+
+
+def ray_join(ray_tmp: str, address: str, num_cpus: int) -> None:
+    """A second node on this machine (`ray start --address`, its own temp dir under
+    `ray_tmp`, so the fixture's clean-up finds it): CPUs only."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    node_tmp = os.path.join(ray_tmp, "n2")
+    os.makedirs(node_tmp, exist_ok=True)
+    cmd = [RAY, "start", f"--address={address}", f"--num-cpus={num_cpus}", "--num-gpus=0"]
+    cmd += [f"--temp-dir={node_tmp}", "--disable-usage-stats"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
 
 
 def port(address: str) -> str:  # the node's IP may be any of the machine's
@@ -132,31 +119,21 @@ def test_cluster_without_gpus_is_a_clear_error(ray_tmp):
     assert "has no GPUs" in seen["exit"] and "--num-gpus" in seen["exit"] and address in seen["exit"]
 
 
-def test_ray_job_submit_runs_train_grpo_cpu_with_meds(ray_tmp, sft_model, tmp_path):
+def test_ray_job_submit_runs_train_grpo_cpu_with_meds_on_two_nodes(ray_tmp, meds_job, tmp_path):
     """The headline command on CPU: `ray job submit --runtime-env ray_configs/runtime_env_cpu.yaml
-    -- python -m openrlhf_meds.train_grpo --cpu ...` against a `ray start` cluster, 2 MEDS steps
-    with 2 memory shards (about 2 minutes)."""
-    from openrlhf_meds.cpu.launch import PPO_CPU_FLAGS
-    from openrlhf_meds.demo.main import read_scalars
-    from openrlhf_meds.demo.sft import grpo_argv
-
+    -- python -m openrlhf_meds.train_grpo --cpu ...` against a two-node `ray start` cluster (a
+    head with the logical GPUs, a second node with CPUs only), 2 MEDS steps with 2 memory shards
+    spread over both nodes (about 2 minutes)."""
     dashboard = _free_port()
-    ray_start(ray_tmp, num_gpus=8, num_cpus=16, dashboard_port=dashboard)
+    head = ray_start(ray_tmp, num_gpus=8, num_cpus=16, dashboard_port=dashboard)
+    ray_join(ray_tmp, head, num_cpus=2)
     out = str(tmp_path / "grpo")
-    argv = grpo_argv(
-        sft_model["sft_model"], sft_model["prompts"], sft_model["reward"], out, steps=2, prompts_per_step=4
-    )[: -len(PPO_CPU_FLAGS)]
-    argv += ["--logger.tensorboard_dir", os.path.join(out, "tb"), "--logger.logging_steps", "1"]
-    argv += ["--ckpt.save_steps", "2", "--meds.memory_shards", "2", "--meds.memory_dir", str(tmp_path / "meds")]
-    runtime_env = os.path.join(os.path.dirname(__file__), "..", "..", "ray_configs", "runtime_env_cpu.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "OPENRLHF_MEDS_CPU")}
     env["RAY_TMPDIR"] = ray_tmp
-    cmd = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--runtime-env", runtime_env, "--"]
-    cmd += [sys.executable, "-m", "openrlhf_meds.train_grpo", "--cpu", *argv]
+    job_server = f"http://127.0.0.1:{dashboard}"
+    cmd = [RAY, "job", "submit", "--address", job_server, "--runtime-env", meds_job.runtime_env, "--"]
+    cmd += [sys.executable, "-m", "openrlhf_meds.train_grpo", "--cpu", *meds_job.argv(out, str(tmp_path / "meds"))]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
     assert result.returncode == 0 and "succeeded" in log, log[-5000:]
-    scalars = {tag: dict(points) for tag, points in read_scalars(os.path.join(out, "tb")).items()}
-    assert sorted(scalars["train/meds/memory_vectors"]) == [1, 2]
-    assert scalars["train/meds/memory_vectors"][2] > scalars["train/meds/memory_vectors"][1] > 0
-    assert os.path.isdir(os.path.join(out, "ckpt", "meds_memory", "global_step2"))
+    meds_job.check(out, log)
