@@ -98,7 +98,6 @@ def _flat(**values):
     "flat, message",
     [
         (_flat(reward__remote_url=None), "--reward.remote_url"),
-        (_flat(train__async_enable=True), "--train.async_enable"),
         (_flat(vllm__num_engines=0), "--vllm.num_engines"),
     ],
 )
@@ -129,6 +128,7 @@ def test_openrlhf_names_train_grpo_replaces():
 
     train = inspect.getsource(script.train)
     assert "from openrlhf.trainer.ppo_trainer import PPOTrainer" in train
+    assert "from openrlhf.trainer.ppo_trainer_async import PPOTrainerAsync as PPOTrainer" in train
     assert "ppo_trainer = PPOTrainer.remote(" in train
     assert "hierarchize(args)" in inspect.getsource(script)
     assert "RolloutRayActor.options(" in inspect.getsource(vllm_engine.create_vllm_engines)

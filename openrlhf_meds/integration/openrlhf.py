@@ -15,6 +15,7 @@ import json
 import runpy
 import sys
 from contextlib import contextmanager
+from functools import partial
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ VERSIONS = {"openrlhf": "0.11.2", "vllm": "0.29."}
 
 HIERARCHIZE = "openrlhf.utils.config.hierarchize"
 PPO_TRAINER = "openrlhf.trainer.ppo_trainer.PPOTrainer"
+PPO_TRAINER_ASYNC = "openrlhf.trainer.ppo_trainer_async.PPOTrainerAsync"
 ROLLOUT_ACTOR = "openrlhf.trainer.ray.vllm_engine.RolloutRayActor"
 POLICY_ACTOR = "openrlhf.trainer.ray.ppo_actor.PolicyModelActor"
 EVAL_METRICS = "openrlhf.trainer.ppo_trainer.compute_eval_metrics"
@@ -35,6 +37,8 @@ REPLACED = {
     EVAL_METRICS: "always: adds the unbiased pass@k and mean@n per eval dataset (eval_metrics.with_pass_at_k)",
     PPO_TRAINER: "MEDS or --meds.diversity on: a factory that starts the MemoryActor shards (MEDS on), then "
     "trainer.MedsPPOTrainer",
+    PPO_TRAINER_ASYNC: "--train.async_enable, MEDS or --meds.diversity on: the same factory, then "
+    "async_trainer.MedsPPOTrainerAsync (its generator numbers the batches' memory steps)",
     ROLLOUT_ACTOR: "--meds.feature_source vllm: rollout_actor.MedsEngines (engines emit features, feed the memory "
     "and the train/div/* metrics)",
     POLICY_ACTOR: "--meds.feature_source actor: actor_features.MedsPolicyModelActor (features in the log-prob "
@@ -79,10 +83,16 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
             "error: MEDS needs the rule-based verifier's scores: pass --reward.remote_url "
             f"(a reward_func .py or a reward server), or {off}"
         )
-    if get("train.async_enable"):
+    if get("train.partial_rollout_enable") and config.feature_source == "vllm":
         raise SystemExit(
-            "error: --train.async_enable is not supported with MEDS yet (the memory needs "
-            f"each step's groups before the next step's); drop it or pass {off}"
+            "error: --train.partial_rollout_enable syncs weights into the engines mid-rollout, so a "
+            "group's MEDS features could come from newer weights than its rollouts; drop it (plain "
+            "--train.async_enable keeps generation and weight syncs apart) or pass --meds.feature_source actor"
+        )
+    if get("train.async_enable") and config.eval_before_training:
+        raise SystemExit(
+            "error: --meds.eval_before_training is not supported with --train.async_enable (OpenRLHF's "
+            "async trainer evaluates in its generator, after training steps only); drop one of them"
         )
     if config.eval_before_training and not get("eval.dataset"):
         raise SystemExit("error: --meds.eval_before_training needs the validation data: pass --eval.dataset")
@@ -112,10 +122,11 @@ def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]
         return replace  # plain OpenRLHF
 
     from ..memory.client import MemoryClient
+    from .async_trainer import MedsPPOTrainerAsync
     from .rollout_actor import MedsEngines
     from .trainer import MedsPPOTrainer
 
-    def start_trainer(*args, **kwargs):
+    def start_trainer(trainer_cls, *args, **kwargs):
         """Stands in for PPOTrainer.remote in train(): Ray is up and the engines exist."""
         import ray
 
@@ -126,11 +137,12 @@ def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]
                 f"shard {p['shard']} on node {p['node_id'][:8]} ({p['ip']}, pid {p['pid']})" for p in memory.placement()
             )
             print(f"MEDS memory ({config.memory_placement} placement): {where}", flush=True)
-        trainer = MedsPPOTrainer.remote(*args, **kwargs)
+        trainer = trainer_cls.remote(*args, **kwargs)
         ray.get(trainer.meds_setup.remote(config.to_dict(), memory))
         return trainer
 
-    replace[PPO_TRAINER] = SimpleNamespace(remote=start_trainer)
+    replace[PPO_TRAINER] = SimpleNamespace(remote=partial(start_trainer, MedsPPOTrainer))
+    replace[PPO_TRAINER_ASYNC] = SimpleNamespace(remote=partial(start_trainer, MedsPPOTrainerAsync))
     if config.feature_source == "vllm":
         replace[ROLLOUT_ACTOR] = MedsEngines(config)
     else:

@@ -197,14 +197,17 @@ class MedsExperienceMaker(RemoteExperienceMaker):
         }
 
 
-@ray.remote
-class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
-    """OpenRLHF's PPOTrainer with the MEDS memory: shaping, metrics, checkpoints."""
+class MedsTrainer:
+    """MEDS on an OpenRLHF trainer (shaping, metrics, checkpoints): the methods that
+    `MedsPPOTrainer` (sync) and `async_trainer.MedsTrainingActor` share."""
 
-    def meds_setup(self, config: dict, memory: MemoryClient | None):
+    generator = None  # async: the actor that generates the batches and tags their memory step
+
+    def meds_setup(self, config: dict, memory: MemoryClient | None, generator=None):
         """Called by train_grpo right after construction (before fit). `memory` is None for
-        the baseline (--meds.enable false with --meds.diversity)."""
-        self.meds, self.memory = MedsConfig(**config), memory
+        the baseline (--meds.enable false with --meds.diversity); `generator` (async only) the
+        MEDS GenerateSamplesActor, which then numbers the steps of the groups it generates."""
+        self.meds, self.memory, self.generator = MedsConfig(**config), memory, generator
         self.experience_maker = MedsExperienceMaker(
             self.actor_model_group,
             self.critic_model_group,
@@ -225,6 +228,8 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
 
     def _engines_at_step(self, step: int, submit: bool = True):
         self.experience_maker.step = step
+        if self.generator is not None:  # async: the generator tags its batches itself
+            return
         if self.meds.feature_source == "vllm":
             ray.get([e.meds_set_step.remote(step, submit) for e in self.vllm_engines or []])
 
@@ -242,6 +247,8 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
             manifest = self.memory.restore(path)
             self.strategy.print(f"MEDS: memory restored from {path} ({manifest['vectors']} vectors)")
         self._engines_at_step(step)
+        if self.generator is not None:
+            ray.get(self.generator.meds_start.remote(step))
         if step == 0 and self.meds.eval_before_training and self.eval_dataloader:
             # fit calls this first; step 0 is a fresh run: validate the base model as fit
             # validates after a step (same generation settings), logged at step 0.
@@ -302,3 +309,8 @@ class MedsPPOTrainer(PPOTrainer.__ray_metadata__.modified_class):
             for old in saved[: max(len(saved) - self.args.ckpt.max_num, 0)]:
                 shutil.rmtree(os.path.join(root, old), ignore_errors=True)
             self.strategy.print(f"MEDS: memory saved to {path}")
+
+
+@ray.remote
+class MedsPPOTrainer(MedsTrainer, PPOTrainer.__ray_metadata__.modified_class):
+    """OpenRLHF's PPOTrainer with the MEDS memory: shaping, metrics, checkpoints."""

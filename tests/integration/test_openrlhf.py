@@ -21,14 +21,17 @@ def test_every_replaced_name_exists_and_has_a_readme_row(name):
     assert f"`{name}`" in open(README).read()
 
 
+TRAINERS = (openrlhf.PPO_TRAINER, openrlhf.PPO_TRAINER_ASYNC)  # train() picks one by --train.async_enable
+
+
 @pytest.mark.parametrize(
     "config, expected",
     [
         (MedsConfig(enable=False, diversity=False), set()),  # plain OpenRLHF
         # The baseline with train/div/*: MEDS's engines and trainer, no memory, rewards untouched.
-        (MedsConfig(enable=False), {openrlhf.PPO_TRAINER, openrlhf.ROLLOUT_ACTOR}),
-        (MedsConfig(), {openrlhf.PPO_TRAINER, openrlhf.ROLLOUT_ACTOR}),
-        (MedsConfig(feature_source="actor"), {openrlhf.PPO_TRAINER, openrlhf.POLICY_ACTOR}),
+        (MedsConfig(enable=False), {*TRAINERS, openrlhf.ROLLOUT_ACTOR}),
+        (MedsConfig(), {*TRAINERS, openrlhf.ROLLOUT_ACTOR}),
+        (MedsConfig(feature_source="actor"), {*TRAINERS, openrlhf.POLICY_ACTOR}),
     ],
 )
 def test_replacements_replace_only_listed_names(config, expected):
@@ -96,9 +99,13 @@ def test_openrlhf_flags_meds_needs_are_checked_with_the_flag_named():
         check_openrlhf_args(argparse.Namespace(**{**good, **changes}), config)
 
     check(MedsConfig(eval_before_training=True))
+    check(MedsConfig(), **{"train.async_enable": True})  # async with MEDS: integration/async_trainer.py
+    check(MedsConfig(feature_source="actor"), **{"train.partial_rollout_enable": True})  # features after the rollout
     cases = [
         (MedsConfig(), {"reward.remote_url": None}, "pass --reward.remote_url"),
-        (MedsConfig(enable=False), {"train.async_enable": True}, "or pass --meds.diversity false"),
+        (MedsConfig(enable=False), {"reward.remote_url": None}, "or --meds.diversity false"),
+        (MedsConfig(eval_before_training=True), {"train.async_enable": True}, "not supported with --train.async"),
+        (MedsConfig(), {"train.partial_rollout_enable": True}, "--train.partial_rollout_enable syncs weights"),
         (MedsConfig(), {"vllm.num_engines": 0}, "--vllm.num_engines >= 1"),
         (MedsConfig(eval_before_training=True), {"eval.dataset": None}, "--meds.eval_before_training needs"),
     ]
