@@ -1,22 +1,30 @@
 """MEDS with `--train.async_enable`: OpenRLHF's PPOTrainerAsync, whose generator produces the
 next batch while the trainer trains on the current one.
 
-Semantics. The memory step of a group is the index of the batch it belongs to, counted by the
-generator (batch b is trained as step b + 1, as in a sync run), not the trainer's step when the
-group happens to finish. Batches are generated one after another, so a group is assigned
-against the memory as it is when the group arrives: every group of the earlier batches, exact
-per key in arrival order, the same penalties a sync run would give the same rollouts. What
-async changes is only the policy: batch b + 1 is sampled while step b + 1 is still training on
-batch b, so from weights one step older than in a sync run (OpenRLHF's off-policy lag).
-Evaluation rollouts (the generator runs them) stay out of the memory.
+Semantics (vLLM feature source). The memory step of a group is the index of the batch it
+belongs to, counted by the generator (batch b is trained as step b + 1, as in a sync run), not
+the trainer's step when the group happens to finish; with `--rollout.vllm_generate_batch_size`
+a multiple m of `--rollout.batch_size`, the m batches of one generation share the first one's
+step. Batches are generated one after another, so a group is assigned against the memory as it
+is when it arrives: every group of the earlier batches, exact per key in arrival order, the
+penalties a sync run would give the same rollouts. What async changes is the policy: batch
+b + 1 is sampled while step b + 1 trains on batch b, from weights one step older than in a sync
+run (OpenRLHF's off-policy lag). With the actor feature source the trainer submits the groups
+when it trains on them, so the memory is in training order, but the features then come from
+weights one step newer than those that sampled the batch. Evaluation rollouts (the generator
+runs them) stay out of the memory. The trainer's memory metrics (`meds/memory_vectors`, ...) are
+read while the next batch arrives, so they may count part of it.
 """
 
 from __future__ import annotations
 
+import os
+
 import ray
 from openrlhf.trainer import ppo_trainer_async
 
-from .trainer import MedsTrainer
+from .eval_metrics import with_pass_at_k
+from .trainer import MedsTrainer, snapshot_dir
 
 
 def plain(actor_class):
@@ -33,28 +41,52 @@ class MedsTrainingActor(MedsTrainer, plain(ppo_trainer_async.TrainingActor)):
 
 @ray.remote
 class MedsGenerateSamplesActor(plain(ppo_trainer_async.GenerateSamplesActor)):
-    """OpenRLHF's async generator that tells the MEDS engines the memory step of each batch."""
+    """OpenRLHF's async generator that tells the MEDS engines the memory step of each batch
+    (vLLM feature source; `meds_start` turns it on) and logs the unbiased pass@k of its evals."""
 
-    def meds_start(self, step: int):
-        """Number the batches from `step` (the trainer's global step when fit starts): the
-        engines tag each batch's groups with its memory step before it is generated."""
-        self.meds_step = int(step)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.meds_step = None  # None: engines without MEDS tags (the actor feature source)
+        self.meds_memory = None
         generate = self.samples_generator.generate_samples
 
         def generate_samples(**kwargs):
+            self._snapshot_before_batch()
             self._set_engines(True)
             out = generate(**kwargs)
-            if out[0]:  # a batch the trainer will train on: the next one is the next step
+            if out[0] and self.meds_step is not None:  # a batch to train on: the next is the next step
                 self.meds_step += 1
             return out
 
-        if not hasattr(self, "meds_step_set"):
-            self.meds_step_set = True
-            self.samples_generator.generate_samples = generate_samples
+        self.samples_generator.generate_samples = generate_samples
+        # _run_eval computes its metrics with the compute_eval_metrics of its globals (OpenRLHF's,
+        # imported by value): the same metrics as a sync run's evaluation, pass@k included.
+        scope = super()._run_eval.__func__.__globals__
+        scope["compute_eval_metrics"] = with_pass_at_k(scope["compute_eval_metrics"])
+
+    def meds_start(self, step: int, memory):
+        """Number the batches from `step` (the trainer's global step when fit starts): the
+        engines tag each batch's groups with its memory step before it is generated.
+        `memory` (None for the baseline): the MemoryClient whose checkpoint snapshots this
+        actor takes."""
+        self.meds_step, self.meds_first_step, self.meds_memory = int(step), int(step), memory
+
+    def _snapshot_before_batch(self):
+        """The memory snapshot of checkpoint s holds the groups of batches 0..s-1 only, as a
+        sync run's does: taken here, before batch s is generated (the trainer, still training
+        step s, saves its own part of that checkpoint later). A resumed run regenerates batch
+        s, so it must not be in the memory already."""
+        step = self.meds_step
+        if self.meds_memory is None or step == self.meds_first_step or step % self.args.ckpt.save_steps:
+            return
+        path = snapshot_dir(self.args.ckpt.path, step)
+        if not os.path.isdir(path):
+            self.meds_memory.snapshot(path, step=step)
 
     def _set_engines(self, submit: bool):
-        engines = self.samples_generator.vllm_engines or []
-        ray.get([e.meds_set_step.remote(self.meds_step, submit) for e in engines])
+        if self.meds_step is not None:
+            engines = self.samples_generator.vllm_engines or []
+            ray.get([e.meds_set_step.remote(self.meds_step, submit) for e in engines])
 
     def _run_eval(self):
         self._set_engines(False)  # evaluation rollouts stay out of the memory
@@ -70,8 +102,8 @@ class MedsPPOTrainerAsync(plain(ppo_trainer_async.PPOTrainerAsync)):
 
     def __init__(self, *args, **kwargs):
         # The base __init__ builds its actors from the names GenerateSamplesActor and
-        # TrainingActor in its globals. Ray ships this class by value, so those globals are
-        # the function's own copy, not the module's: set the MEDS actors there (this process only).
+        # TrainingActor in the globals it resolves them from (Ray ships the class by value,
+        # with a copy of them): set the MEDS actors there, in this actor's process only.
         base_init = super().__init__
         base_init.__func__.__globals__.update(
             GenerateSamplesActor=MedsGenerateSamplesActor, TrainingActor=MedsTrainingActor

@@ -87,8 +87,21 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
         raise SystemExit(
             "error: --train.partial_rollout_enable syncs weights into the engines mid-rollout, so a "
             "group's MEDS features could come from newer weights than its rollouts; drop it (plain "
-            "--train.async_enable keeps generation and weight syncs apart) or pass --meds.feature_source actor"
+            "--train.async_enable keeps generation and weight syncs apart)"
         )
+    if get("train.async_enable") and config.enable and config.feature_source == "vllm":
+        from ..memory.actor import RESULT_TTL_STEPS
+
+        # The generator runs ahead of the trainer's fetches by up to (queue + 1) generations of
+        # (vllm_generate_batch_size / batch_size) steps; a shard drops results older than that.
+        ratio = max(1, (get("rollout.vllm_generate_batch_size") or 1) // max(get("rollout.batch_size") or 1, 1))
+        lead = ((get("train.async_queue_size") or 1) + 1) * ratio
+        if lead > RESULT_TTL_STEPS:
+            raise SystemExit(
+                f"error: --train.async_queue_size with --rollout.vllm_generate_batch_size lets the generator run "
+                f"{lead} steps ahead of the trainer; MEDS keeps a group's penalties for {RESULT_TTL_STEPS} steps: "
+                f"lower them so that (queue size + 1) x (generate batch / batch size) <= {RESULT_TTL_STEPS}"
+            )
     if get("train.async_enable") and config.eval_before_training:
         raise SystemExit(
             "error: --meds.eval_before_training is not supported with --train.async_enable (OpenRLHF's "

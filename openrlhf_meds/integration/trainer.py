@@ -248,7 +248,7 @@ class MedsTrainer:
             self.strategy.print(f"MEDS: memory restored from {path} ({manifest['vectors']} vectors)")
         self._engines_at_step(step)
         if self.generator is not None:
-            ray.get(self.generator.meds_start.remote(step))
+            ray.get(self.generator.meds_start.remote(step, self.memory))
         if step == 0 and self.meds.eval_before_training and self.eval_dataloader:
             # fit calls this first; step 0 is a fresh run: validate the base model as fit
             # validates after a step (same generation settings), logged at step 0.
@@ -290,7 +290,7 @@ class MedsTrainer:
         )
         return status, next_step
 
-    def evaluate(self, global_step, **generate_kwargs):
+    def evaluate(self, global_step, **generate_kwargs):  # sync only: async evaluates in its generator
         self._engines_at_step(global_step, submit=False)  # eval rollouts stay out of the memory
         try:
             return super().evaluate(global_step, **generate_kwargs)
@@ -300,7 +300,11 @@ class MedsTrainer:
     def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None):
         super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
         if self.memory is not None and global_step % self.args.ckpt.save_steps == 0:
-            path = self.memory.snapshot(snapshot_dir(self.args.ckpt.path, global_step), step=global_step)
+            path = snapshot_dir(self.args.ckpt.path, global_step)
+            # Async: the generator saved it before its next batch reached the memory (unless
+            # there was no next batch); the memory may already hold part of that batch now.
+            if self.generator is None or not os.path.isdir(path):
+                self.memory.snapshot(path, step=global_step)
             # Keep as many memory snapshots as DeepSpeed keeps checkpoints.
             root = os.path.join(self.args.ckpt.path, MEMORY_DIR)
             saved = sorted(

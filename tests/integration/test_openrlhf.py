@@ -100,12 +100,19 @@ def test_openrlhf_flags_meds_needs_are_checked_with_the_flag_named():
 
     check(MedsConfig(eval_before_training=True))
     check(MedsConfig(), **{"train.async_enable": True})  # async with MEDS: integration/async_trainer.py
+    check(MedsConfig(), **{"train.async_enable": True, "train.async_queue_size": 3})  # 4 steps ahead at most
     check(MedsConfig(feature_source="actor"), **{"train.partial_rollout_enable": True})  # features after the rollout
     cases = [
         (MedsConfig(), {"reward.remote_url": None}, "pass --reward.remote_url"),
         (MedsConfig(enable=False), {"reward.remote_url": None}, "or --meds.diversity false"),
         (MedsConfig(eval_before_training=True), {"train.async_enable": True}, "not supported with --train.async"),
         (MedsConfig(), {"train.partial_rollout_enable": True}, "--train.partial_rollout_enable syncs weights"),
+        (MedsConfig(), {"train.async_enable": True, "train.async_queue_size": 4}, "4 steps: lower them so"),
+        (
+            MedsConfig(),
+            {"train.async_enable": True, "rollout.vllm_generate_batch_size": 12, "rollout.batch_size": 4},
+            "lets the generator run 6 steps ahead",
+        ),
         (MedsConfig(), {"vllm.num_engines": 0}, "--vllm.num_engines >= 1"),
         (MedsConfig(eval_before_training=True), {"eval.dataset": None}, "--meds.eval_before_training needs"),
     ]
