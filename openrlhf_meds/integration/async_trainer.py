@@ -69,7 +69,7 @@ class MedsGenerateSamplesActor(plain(ppo_trainer_async.GenerateSamplesActor)):
         engines tag each batch's groups with its memory step before it is generated.
         `memory` (None for the baseline): the MemoryClient whose checkpoint snapshots this
         actor takes."""
-        self.meds_step, self.meds_first_step, self.meds_memory = int(step), int(step), memory
+        self.meds_step, self.meds_memory = int(step), memory
 
     def _snapshot_before_batch(self):
         """The memory snapshot of checkpoint s holds the groups of batches 0..s-1 only, as a
@@ -77,10 +77,10 @@ class MedsGenerateSamplesActor(plain(ppo_trainer_async.GenerateSamplesActor)):
         step s, saves its own part of that checkpoint later). A resumed run regenerates batch
         s, so it must not be in the memory already."""
         step = self.meds_step
-        if self.meds_memory is None or step == self.meds_first_step or step % self.args.ckpt.save_steps:
+        if self.meds_memory is None or step == 0 or step % self.args.ckpt.save_steps:
             return
         path = snapshot_dir(self.args.ckpt.path, step)
-        if not os.path.isdir(path):
+        if not os.path.isdir(path):  # on resume, the snapshot of the start step exists already
             self.meds_memory.snapshot(path, step=step)
 
     def _set_engines(self, submit: bool):
