@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from openrlhf_meds.cpu.launch import free_port
+
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,12 +41,6 @@ def _have_slurm() -> str | None:
     if out.returncode != 0:
         return f"apt-get install slurm-wlm munge failed: {out.stderr[-500:]}"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _conf(root: str, ports: dict[str, int], host: str) -> str:
@@ -116,7 +112,7 @@ def slurm_cluster(ray_tmp):
     with open(os.path.join(root, "gres.conf"), "w") as f:
         f.write(f"Name=gpu File={root}/dev/gpu[0-7]\n")
     conf = os.path.join(root, "slurm.conf")
-    ports = {"ctld": _free_port(), **{n: _free_port() for n in NODES}}
+    ports = {"ctld": free_port(), **{n: free_port() for n in NODES}}
     with open(conf, "w") as f:
         f.write(_conf(root, ports, socket.gethostname().split(".")[0]))
     env = {**os.environ, "SLURM_CONF": conf}
@@ -159,8 +155,8 @@ def test_sbatch_multinode_launcher_runs_meds_on_cpu(slurm_cluster, meds_job, tmp
         SLURM_CONF=conf,
         PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"],
         RECIPE=str(recipe),
-        RAY_PORT=str(_free_port()),
-        RAY_DASHBOARD_PORT=str(_free_port()),
+        RAY_PORT=str(free_port()),
+        RAY_DASHBOARD_PORT=str(free_port()),
         RAY_TEMP_DIR=os.path.join(root, "ray"),  # two Ray nodes on one host need a temp dir each
         RAY_START_ARGS="--num-cpus=16 --disable-usage-stats",  # CPU mode's logical CPUs
         READY_TIMEOUT="120",

@@ -169,19 +169,23 @@ def join_env(threads: int = 1) -> dict[str, str]:
     return {key: value for key, value in env.items() if key not in job_vars}
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a rendezvous or a server)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_sft(argv: list[str], *, threads: int = 1, timeout: float | None = None, **run_kwargs):
     """Run OpenRLHF's `train_sft` with `argv` as a single DeepSpeed rank (gloo) in a child process.
 
     Returns the `subprocess.CompletedProcess` (raises CalledProcessError on failure). Put
     `SFT_CPU_FLAGS` in `argv`; extra keyword arguments go to `subprocess.run`.
     """
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {**os.environ, **cpu_env(threads)}
-    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     cmd = [sys.executable, "-m", "openrlhf.cli.train_sft", *argv]
     return subprocess.run(cmd, env=env, check=True, timeout=timeout, **run_kwargs)
 

@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from openrlhf_meds.cpu.launch import free_port
+
 pytestmark = pytest.mark.slow
 
 PROBE = """
@@ -56,7 +58,7 @@ def ray_start(ray_tmp: str, num_gpus: int, num_cpus: int = 2, dashboard_port: in
     `dashboard_port` if given); returns its GCS address."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = ray_tmp
-    port = _free_port()
+    port = free_port()
     cmd = [RAY, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}"]
     cmd += [f"--temp-dir={ray_tmp}", "--disable-usage-stats"]
     if dashboard_port:
@@ -80,14 +82,6 @@ def ray_join(ray_tmp: str, address: str, num_cpus: int) -> None:
 
 def port(address: str) -> str:  # the node's IP may be any of the machine's
     return address.rsplit(":", 1)[1]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_stale_cluster_file_is_ignored(ray_tmp):
@@ -124,7 +118,7 @@ def test_ray_job_submit_runs_train_grpo_cpu_with_meds_on_two_nodes(ray_tmp, meds
     -- python -m openrlhf_meds.train_grpo --cpu ...` against a two-node `ray start` cluster (a
     head with the logical GPUs, a second node with CPUs only), 2 MEDS steps with 2 memory shards
     spread over both nodes (about 2 minutes)."""
-    dashboard = _free_port()
+    dashboard = free_port()
     head = ray_start(ray_tmp, num_gpus=8, num_cpus=16, dashboard_port=dashboard)
     ray_join(ray_tmp, head, num_cpus=2)
     out = str(tmp_path / "grpo")

@@ -163,11 +163,9 @@ def test_flash_attn_fallback_unpad_pad_roundtrip(monkeypatch):
 
 
 def test_gloo_broadcast_group_sends_bf16():
-    import socket
+    from openrlhf_meds.cpu.launch import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     sent = torch.randn(5, 7).to(torch.bfloat16)
     received = torch.empty(5, 7, dtype=torch.bfloat16)
     groups = {}

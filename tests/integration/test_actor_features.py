@@ -9,7 +9,6 @@ is the one the trainer sees. The ZeRO-3 test runs DeepSpeed on one gloo rank in 
 
 import inspect
 import os
-import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ from openrlhf.models import Actor
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
+from openrlhf_meds.cpu.launch import free_port
 from openrlhf_meds.integration import actor_features as af
 from openrlhf_meds.meds.config import MedsConfig
 from openrlhf_meds.meds.features import response_features
@@ -268,12 +268,6 @@ def _zero3_worker(model_dir: str, out_path: str) -> None:
     np.savez(out_path, **results)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_zero3_gathers_the_partitioned_lm_head(tiny_qwen2, tmp_path):
     out = tmp_path / "zero3.npz"
@@ -282,7 +276,7 @@ def test_zero3_gathers_the_partitioned_lm_head(tiny_qwen2, tmp_path):
     env = {**os.environ, **cpu_env()}  # the CPU patches in the child too (startup hook: no conftest in a script)
     env.update(
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
+        MASTER_PORT=str(free_port()),
         RANK="0",
         LOCAL_RANK="0",
         WORLD_SIZE="1",
