@@ -68,7 +68,7 @@ def engine_cost(args, path):
         if cache == "cold":
             llm.reset_prefix_cache()
         start = time.perf_counter()
-        feats = rollout_features_sync(llm, tokenizer, prompts, responses, config, args.num_layers)
+        feats, _ = rollout_features_sync(llm, tokenizer, prompts, responses, config, args.num_layers)
         results[f"features_{cache}_cache_s"] = time.perf_counter() - start
         assert not np.isnan(feats).any()
     llm.llm_engine.engine_core.shutdown()

@@ -31,6 +31,9 @@ def test_meds_run_penalizes_repeated_mistakes_checkpoints_and_resumes(sft_model,
     assert steps == [1, 2, 3]
     # The SFT'd model answers in \boxed{}: most rollouts carry a feature into the memory.
     assert max(m["train/meds/no_feature_frac"].values()) < 0.5
+    # Every feature was captured while the engine generated: no re-prefill.
+    assert sorted(m["train/meds/feature_reprefills"]) == steps
+    assert all(v == 0.0 for v in m["train/meds/feature_reprefills"].values())
     assert m["train/meds/memory_vectors"][1] > 0
     # Step 1 meets an empty memory; later steps penalize mistakes already in it, only wrong ones.
     assert m["train/meds/frac_penalized"][1] == 0.0

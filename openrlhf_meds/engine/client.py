@@ -1,15 +1,20 @@
 """Ask a MEDS-patched vLLM engine for rollout features (docs/vllm-features.md).
 
-`engine_kwargs` gives the extra engine arguments; `rollout_features` (AsyncLLMEngine) and
-`rollout_features_sync` (vllm.LLM) re-prefill prompt + response[:p+1] of every rollout that
-has an answer and collect the per-layer logits the engine computed (see vllm_features).
+`engine_kwargs` gives the extra engine arguments; `capture` tags a generation so the engine
+keeps its feature while it generates (in-stream capture); `rollout_features`
+(AsyncLLMEngine) and `rollout_features_sync` (vllm.LLM) collect the features of finished
+rollouts: the captured ones, and for rollouts the engine did not capture (untagged, or
+responses edited after generation) a re-prefill of prompt + response[:p+1].
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import copy
 import uuid
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +22,12 @@ from ..meds.answer import answer_target
 from ..meds.config import MedsConfig
 from ..meds.features import feature_width, finish_logits
 from . import ARCHITECTURES
+
+# (capture tag, generated ids) of the generations of the group being generated, for code
+# that cannot pass them along (OpenRLHF's executor calls the engine's generate once per
+# sample, in tasks that inherit this context: integration.rollout_actor). Lives here, in an
+# importable module, because Ray pickles actor classes and a ContextVar cannot be pickled.
+GROUP_CAPTURES: contextvars.ContextVar[list | None] = contextvars.ContextVar("meds_group_captures", default=None)
 
 PROCESSOR = "openrlhf_meds.engine.vllm_features:MedsFeatureProcessor"
 WORKER_EXTENSION = "openrlhf_meds.engine.vllm_features.MedsWorkerWrap"
@@ -63,8 +74,29 @@ def engine_kwargs(model: str, config: MedsConfig, trust_remote_code: bool = Fals
     }
 
 
+class EngineFeatures(NamedTuple):
+    """Features of rollouts from an engine: `values` float32 [rollouts, feature_width] (NaN
+    rows for rollouts without an answer) and `reprefilled` bool [rollouts], the rollouts
+    whose feature took a re-prefill because the engine had not captured it in-stream."""
+
+    values: np.ndarray
+    reprefilled: np.ndarray
+
+
+def capture(sampling_params):
+    """`(params, tag)`: a copy of a generation's SamplingParams (n=1) that makes the patched
+    engine capture the rollout's feature while it generates, and the tag to pass to
+    `rollout_features` with the finished response."""
+    from .vllm_features import CAPTURE_ARG
+
+    tag = f"meds-{uuid.uuid4().hex}"
+    params = copy.deepcopy(sampling_params)
+    params.extra_args = {**(params.extra_args or {}), CAPTURE_ARG: tag}
+    return params, tag
+
+
 def _requests(tokenizer, prompt_ids_list, response_ids_list):
-    """(rollout index, prompt + response[:p+1], y*, tag) of every rollout with an answer."""
+    """(rollout index, prompt + response[:p+1], p, y*) of every rollout with an answer."""
     if len(prompt_ids_list) != len(response_ids_list):
         raise ValueError("prompt_ids_list and response_ids_list must have the same length")
     jobs = []
@@ -73,8 +105,21 @@ def _requests(tokenizer, prompt_ids_list, response_ids_list):
         if found is not None:
             p, y_star = found
             ids = [int(t) for t in prompt] + [int(t) for t in response[: p + 1]]
-            jobs.append((i, ids, y_star, f"meds-{uuid.uuid4().hex}"))
+            jobs.append((i, ids, p, y_star))
     return jobs
+
+
+def _complete(rank_results) -> list:
+    """Rank results `(found, partials)` cut to the tags every tensor-parallel rank found."""
+    counts: dict[str, int] = {}
+    for found, _ in rank_results:
+        for tag in found:
+            counts[tag] = counts.get(tag, 0) + 1
+    keep = {tag for tag, n in counts.items() if n == len(rank_results)}
+    return [
+        ([t for t in found if t in keep], [row for t, row in zip(found, partials) if t in keep])
+        for found, partials in rank_results
+    ]
 
 
 def _sampling_params(y_star: int, tag: str):
@@ -85,11 +130,11 @@ def _sampling_params(y_star: int, tag: str):
     return SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, extra_args={EXTRA_ARG: (tag, y_star)})
 
 
-def _assemble(n_rollouts, jobs, rank_results, config: MedsConfig, num_layers: int) -> np.ndarray:
+def _assemble(n_rollouts, jobs, tags, rank_results, config: MedsConfig, num_layers: int) -> np.ndarray:
     """Sum the tensor-parallel ranks' partials, pick raw or logit-lens logits, cut the
     feature window and finish it (`finish_logits`: `--meds.feature_dtype` rounding after the
     sum, so every rank's float32 partial counts, then the layer diff): the one place the
-    engine's feature rows are made."""
+    engine's feature rows are made. `tags[k]`: the tag of jobs[k]'s partials."""
     out = np.full((n_rollouts, feature_width(config, num_layers)), np.nan, dtype=np.float32)
     if not jobs:
         return out
@@ -98,13 +143,13 @@ def _assemble(n_rollouts, jobs, rank_results, config: MedsConfig, num_layers: in
     for found, partials in rank_results:
         for tag, row in zip(found, np.asarray(partials, dtype=np.float32)):
             total[tag] = total[tag] + row if tag in total else row
-    missing = [tag for _, _, _, tag in jobs if tag not in total]
+    missing = [tag for tag in tags if tag not in total]
     if missing:
         raise RuntimeError(
             f"MEDS features: the engine returned no feature for {len(missing)} of {len(jobs)} "
             "re-prefills (was it built with openrlhf_meds.engine.client.engine_kwargs?)"
         )
-    both = np.stack([total[tag] for _, _, _, tag in jobs])  # [jobs, 2 * kept]: raw | logit lens
+    both = np.stack([total[tag] for tag in tags])  # [jobs, 2 * kept]: raw | logit lens
     kept = both.shape[1] // 2
     if kept < window:
         raise RuntimeError(
@@ -112,8 +157,35 @@ def _assemble(n_rollouts, jobs, rank_results, config: MedsConfig, num_layers: in
             f"{window} (num_layers={num_layers}): build the engine with engine_kwargs of this config"
         )
     logits = both[:, kept:] if config.logit_lens else both[:, :kept]
-    out[[i for i, _, _, _ in jobs]] = finish_logits(logits[:, kept - window :], config)
+    out[[job[0] for job in jobs]] = finish_logits(logits[:, kept - window :], config)
     return out
+
+
+def _plan(tokenizer, prompt_ids_list, response_ids_list, tags):
+    """The rollouts with an answer (`_requests`) and what to ask the workers for their
+    in-stream captures: `(jobs, tags, wanted)`."""
+    jobs = _requests(tokenizer, prompt_ids_list, response_ids_list)
+    if tags is not None and len(tags) != len(response_ids_list):
+        raise ValueError(f"rollout_features: {len(tags)} tags for {len(response_ids_list)} rollouts")
+    tags = list(tags or [])
+    wanted = {tags[i]: [p, y_star] for i, _, p, y_star in jobs if tags and tags[i] is not None}
+    return jobs, tags, wanted
+
+
+def _split(jobs, tags, captured):
+    """Jobs the engine captured (with their capture tags) and those left to re-prefill
+    (with fresh tags)."""
+    done = [(job, tags[job[0]]) for job in jobs if tags and tags[job[0]] in captured]
+    redo = [(job, f"meds-{uuid.uuid4().hex}") for job in jobs if not (tags and tags[job[0]] in captured)]
+    return done, redo
+
+
+def _result(n, done, redo, rank_results, config, num_layers) -> EngineFeatures:
+    both = done + redo
+    values = _assemble(n, [j for j, _ in both], [t for _, t in both], rank_results, config, num_layers)
+    reprefilled = np.zeros(n, dtype=bool)
+    reprefilled[[job[0] for job, _ in redo]] = True
+    return EngineFeatures(values, reprefilled)
 
 
 async def rollout_features(
@@ -123,27 +195,32 @@ async def rollout_features(
     response_ids_list: Sequence[Sequence[int]],
     config: MedsConfig,
     num_layers: int,
-) -> np.ndarray:
-    """MEDS features of rollouts, computed by a patched `vllm.AsyncLLMEngine` (see
-    `engine_kwargs`): float32 [rollouts, feature_width], NaN rows for rollouts without an
-    answer, each per-layer logit at the precision of `config.feature_dtype`. Safe to await
-    from many coroutines at once (each sees only its own requests).
+    tags: Sequence[str | None] | None = None,
+) -> EngineFeatures:
+    """MEDS features of finished rollouts from a patched `vllm.AsyncLLMEngine` (see
+    `engine_kwargs`), each per-layer logit at the precision of `config.feature_dtype`. Safe
+    to await from many coroutines at once (each sees only its own requests).
 
     `response_ids_list[i]`: the generated token ids of rollout i; `num_layers`: the
-    model's decoder layers (the engine must have been built with the same config).
+    model's decoder layers (the engine must have been built with the same config);
+    `tags[i]`: rollout i's `capture` tag if it was generated with one (else None). Captured features
+    cost no engine work; the others take a re-prefill (`EngineFeatures.reprefilled`).
     """
     from vllm.inputs import TokensPrompt
 
-    jobs = _requests(tokenizer, prompt_ids_list, response_ids_list)
+    jobs, tags, wanted = _plan(tokenizer, prompt_ids_list, response_ids_list, tags)
+    asked = [t for t in tags if t is not None]
+    captures = _complete(await llm.collective_rpc("meds_pop_captures", args=(asked, wanted))) if asked else []
+    done, redo = _split(jobs, tags, {t for found, _ in captures for t in found})
 
     async def prefill(ids, y_star, tag):
         async for _ in llm.generate(TokensPrompt(prompt_token_ids=ids), _sampling_params(y_star, tag), request_id=tag):
             pass
 
-    await asyncio.gather(*(prefill(ids, y_star, tag) for _, ids, y_star, tag in jobs))
-    tags = [tag for _, _, _, tag in jobs]
-    rank_results = await llm.collective_rpc("meds_pop_features", args=(tags,)) if jobs else []
-    return _assemble(len(response_ids_list), jobs, rank_results, config, num_layers)
+    await asyncio.gather(*(prefill(ids, y_star, tag) for (_, ids, _, y_star), tag in redo))
+    if redo:
+        captures += await llm.collective_rpc("meds_pop_features", args=([tag for _, tag in redo],))
+    return _result(len(response_ids_list), done, redo, captures, config, num_layers)
 
 
 def rollout_features_sync(
@@ -153,17 +230,20 @@ def rollout_features_sync(
     response_ids_list: Sequence[Sequence[int]],
     config: MedsConfig,
     num_layers: int,
-) -> np.ndarray:
+    tags: Sequence[str | None] | None = None,
+) -> EngineFeatures:
     """As `rollout_features`, for a patched offline `vllm.LLM`."""
     from vllm.inputs import TokensPrompt
 
-    jobs = _requests(tokenizer, prompt_ids_list, response_ids_list)
-    if jobs:
+    jobs, tags, wanted = _plan(tokenizer, prompt_ids_list, response_ids_list, tags)
+    asked = [t for t in tags if t is not None]
+    captures = _complete(llm.collective_rpc("meds_pop_captures", args=(asked, wanted))) if asked else []
+    done, redo = _split(jobs, tags, {t for found, _ in captures for t in found})
+    if redo:
         llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for _, ids, _, _ in jobs],
-            [_sampling_params(y_star, tag) for _, _, y_star, tag in jobs],
+            [TokensPrompt(prompt_token_ids=ids) for (_, ids, _, _), _ in redo],
+            [_sampling_params(y_star, tag) for (_, _, _, y_star), tag in redo],
             use_tqdm=False,
         )
-    tags = [tag for _, _, _, tag in jobs]
-    rank_results = llm.collective_rpc("meds_pop_features", args=(tags,)) if jobs else []
-    return _assemble(len(response_ids_list), jobs, rank_results, config, num_layers)
+        captures += llm.collective_rpc("meds_pop_features", args=([tag for _, tag in redo],))
+    return _result(len(response_ids_list), done, redo, captures, config, num_layers)

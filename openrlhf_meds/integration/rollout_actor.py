@@ -1,8 +1,10 @@
 """OpenRLHF's vLLM rollout actor, extended to feed the MEDS memory as groups finish.
 
-`generate_responses` produces the n rollouts of one prompt. Right after, still inside the
-engine actor and while other prompts keep generating, this subclass computes the rollouts'
-MEDS features (`--meds.feature_source vllm`: a re-prefill on the same engine, see
+`generate_responses` produces the n rollouts of one prompt. With `--meds.feature_source
+vllm` each generation is tagged (`engine.client.capture`), so the engine captures its
+feature while it generates; right after, still inside the engine actor and while other
+prompts keep generating, this subclass collects the rollouts' MEDS features (a re-prefill
+only for a rollout the engine did not capture, counted in `meds/feature_reprefills`; see
 `openrlhf_meds.engine`; with `--meds.features semantic` the text embeddings of
 `openrlhf_meds.meds.semantic`), submits the group with its raw verdicts (score >= 0.5) to the
 MemoryActor, and tags every response with the group id so the trainer can fetch the
@@ -26,6 +28,7 @@ from ..memory.client import MemoryClient
 
 # Per-sample tags put in each response's extra_logs (OpenRLHF turns them into Experience.info).
 GROUP_ID, ROLLOUT, HAS_FEATURE = "meds_group_id", "meds_rollout", "meds_has_feature"
+REPREFILLED = "meds_reprefilled"  # 1 where the feature took a re-prefill (not captured in-stream)
 DIVERSITY = "meds_div_"  # + metric name: the group's value, on each of its samples
 
 
@@ -53,6 +56,15 @@ def diversity_tags(feats, answers, correct) -> dict[str, float]:
     from ..meds.diversity import group_diversity
 
     return {DIVERSITY + name: float(value) for name, value in group_diversity(feats, answers, correct).items()}
+
+
+def capture_tags(captured, generated) -> list[str | None]:
+    """The capture tag of each generated response, matched by its token ids (samples with
+    equal tokens are interchangeable); None for a response no tagged generation produced."""
+    free = {}
+    for tag, ids in captured:
+        free.setdefault(tuple(ids), []).append(tag)
+    return [(free.get(tuple(g)) or [None]).pop() for g in generated]
 
 
 def prompt_key(prompt: str) -> str:
@@ -98,17 +110,38 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
         """The training step of the next rollouts; submit=False for evaluation rollouts."""
         self.meds_step, self.meds_submit = int(step), bool(submit)
 
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        """OpenRLHF's one generation; inside a training group's generate_responses, tagged
+        for in-stream feature capture."""
+        from ..engine import client
+
+        captured = client.GROUP_CAPTURES.get()
+        if captured is None:
+            return await super().generate(prompt_token_ids, sampling_params, multi_modal_data)
+        params, tag = client.capture(sampling_params)
+        output = await super().generate(prompt_token_ids, params, multi_modal_data)
+        captured.append((tag, list(output.outputs[0].token_ids)))
+        return output
+
     async def generate_responses(
         self, prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=1, images=None
     ):
-        responses = await super().generate_responses(
-            prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=num_samples, images=images
-        )
+        from ..engine import client
+
+        capturing = self.meds_submit and self.meds.features != "semantic"
+        captured = []
+        token = client.GROUP_CAPTURES.set(captured if capturing else None)
+        try:
+            responses = await super().generate_responses(
+                prompt, label, sampling_params, max_length, hf_tokenizer, num_samples=num_samples, images=images
+            )
+        finally:
+            client.GROUP_CAPTURES.reset(token)
         tags = {GROUP_ID: -1, HAS_FEATURE: np.zeros(len(responses), int)}
         if self.meds_submit:  # a training group (evaluation rollouts get neither memory nor metrics)
             if self.meds.enable and self.memory is None:
                 raise RuntimeError("MEDS rollout engine used before meds_setup() gave it the memory")
-            tags = await self._features_and_memory(prompt, responses, hf_tokenizer)
+            tags = await self._features_and_memory(prompt, responses, hf_tokenizer, captured)
         for i, r in enumerate(responses):
             logs = r.get("extra_logs") or {}
             logs.update({key: value if np.isscalar(value) else value[i] for key, value in tags.items()})
@@ -116,9 +149,10 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
             r["extra_logs"] = logs
         return responses
 
-    async def _features_and_memory(self, prompt, responses, tokenizer) -> dict:
+    async def _features_and_memory(self, prompt, responses, tokenizer, captured=()) -> dict:
         """Features of the group; submitted to the memory with MEDS on; its diversity metrics
-        with --meds.diversity. Returns the per-sample tags {name: scalar or [n] values}."""
+        with --meds.diversity. `captured`: (capture tag, generated ids) of the group's
+        generations. Returns the per-sample tags {name: scalar or [n] values}."""
         from ..engine.client import rollout_features
 
         scores = [r.get("scores") for r in responses]
@@ -132,12 +166,23 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
             # In a thread: the encoder's forward must not block the actor's event loop, which
             # keeps streaming the other prompts' generations.
             feats = await asyncio.to_thread(self.meds_encoder.rollout_features, tokenizer, [g for _, g in ids])
+            reprefilled = np.zeros(len(ids), int)
         else:
-            feats = await rollout_features(
-                self.llm, tokenizer, [p for p, _ in ids], [g for _, g in ids], self.meds, self.meds_num_layers
+            feats, reprefilled = await rollout_features(
+                self.llm,
+                tokenizer,
+                [p for p, _ in ids],
+                [g for _, g in ids],
+                self.meds,
+                self.meds_num_layers,
+                tags=capture_tags(captured, [g for _, g in ids]),
             )
         answers = [final_answer(tokenizer, g) for _, g in ids]
-        tags = {GROUP_ID: -1, HAS_FEATURE: (~np.isnan(feats).all(axis=1)).astype(int)}
+        tags = {
+            GROUP_ID: -1,
+            HAS_FEATURE: (~np.isnan(feats).all(axis=1)).astype(int),
+            REPREFILLED: np.asarray(reprefilled, int),
+        }
         if self.meds.diversity:
             tags.update(diversity_tags(feats, answers, scores >= 0.5))
         if not self.meds.enable:

@@ -35,6 +35,7 @@ from .rollout_actor import (
     DIVERSITY,
     GROUP_ID,
     HAS_FEATURE,
+    REPREFILLED,
     ROLLOUT,
     diversity_tags,
     final_answer,
@@ -70,6 +71,13 @@ def diversity_metrics(experiences) -> dict[str, float]:
         v = v[~np.isnan(v)]
         metrics[f"div/{name}"] = float(v.mean()) if len(v) else float("nan")
     return metrics
+
+
+def reprefill_metrics(experiences) -> dict[str, float]:
+    """`meds/feature_reprefills`: the fraction of the step's rollouts whose vLLM feature took
+    a re-prefill (0 when the engines captured every one in-stream). Pops the tag."""
+    flags = [e.info.pop(REPREFILLED).float().cpu().numpy() for e in experiences if REPREFILLED in e.info]
+    return {"meds/feature_reprefills": float(np.concatenate(flags).mean())} if flags else {}
 
 
 class MedsExperienceMaker(RemoteExperienceMaker):
@@ -140,7 +148,7 @@ class MedsExperienceMaker(RemoteExperienceMaker):
 
     @torch.no_grad()
     def compute_advantages_and_returns(self, experiences):
-        self.step_metrics = diversity_metrics(experiences)
+        self.step_metrics = diversity_metrics(experiences) | reprefill_metrics(experiences)
         if self.meds.enable:
             self.step_metrics.update(self.shape_rewards(experiences))
         else:  # the baseline: features for train/div/* only, rewards untouched

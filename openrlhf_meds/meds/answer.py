@@ -88,3 +88,31 @@ def answer_target(response_ids, tokenizer) -> tuple[int, int] | None:
     if p + 1 >= len(ids):
         return None
     return p, int(ids[p + 1])
+
+
+def brace_candidacy(ids: Sequence[int], tokenizer) -> tuple[bool, bool]:
+    """Could the last token of `ids` (a response so far) be the brace token that
+    `answer_target` picks once the response ends? Returns `(exact, fallback)`: exact when
+    `ids` ends with the tokens of `\\boxed{`; fallback when the fallback rule would pick this
+    token for one of the "boxed" tokens among the last `BRACE_WINDOW`.
+
+    It reads only the last `BRACE_WINDOW` tokens, so an engine can ask it as each token is
+    generated. `answer_target`'s brace is always the latest exact candidate, or without
+    one the latest fallback candidate (a later "boxed" token's first brace is never
+    earlier), which is what in-stream capture keeps (openrlhf_meds.engine.vllm_features).
+    """
+    pattern, has_boxed, has_brace = _vocab_tables(tokenizer)
+    p = len(ids) - 1
+    if p < 0 or not 0 <= ids[p] < len(has_brace) or not has_brace[ids[p]]:
+        return False, False
+    m = len(pattern)
+    exact = m > 0 and p + 1 >= m and all(int(ids[p - m + 1 + j]) == pattern[j] for j in range(m))
+    fallback = False
+    for s in range(p, max(p - BRACE_WINDOW, -1), -1):
+        t = int(ids[s])
+        if s < p and 0 <= t < len(has_brace) and has_brace[t]:
+            break  # this "boxed" token and every earlier one pick an earlier brace
+        if 0 <= t < len(has_boxed) and has_boxed[t]:
+            fallback = True
+            break
+    return bool(exact), fallback

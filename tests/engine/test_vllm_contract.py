@@ -146,6 +146,39 @@ def test_feature_request_params_are_validated():
         vf.target_of(SamplingParams(max_tokens=1, extra_args={vf.EXTRA_ARG: (3, "t")}))
 
 
+def test_capture_params_are_validated():
+    from vllm import SamplingParams
+
+    assert vf.capture_of(SamplingParams(max_tokens=3)) is None
+    assert vf.capture_of(SamplingParams(max_tokens=3, extra_args={vf.CAPTURE_ARG: "t"})) == "t"
+    with pytest.raises(ValueError, match="n must be 1"):
+        vf.capture_of(SamplingParams(n=2, max_tokens=3, extra_args={vf.CAPTURE_ARG: "t"}))
+    with pytest.raises(ValueError, match="non-empty str"):
+        vf.capture_of(SamplingParams(max_tokens=3, extra_args={vf.CAPTURE_ARG: 7}))
+    with pytest.raises(ValueError, match="both"):
+        vf.capture_of(SamplingParams(max_tokens=1, extra_args={vf.CAPTURE_ARG: "t", vf.EXTRA_ARG: ("t", 3)}))
+
+
+def test_output_token_lists_the_capture_reads():
+    """In-stream capture reads each request's output token list, as handed to the processor
+    in BatchUpdate.added: the runner's own list, extended after each sampling step; with
+    async scheduling its -1 placeholders are replaced before the processors run, and a
+    request resumed after preemption is added again with its (possibly new) list."""
+    from vllm.v1.worker.gpu_input_batch import InputBatch
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    add = inspect.getsource(InputBatch._register_add_request)
+    assert "request.output_token_ids," in add
+    assert "self.req_output_token_ids.append(request.output_token_ids)" in inspect.getsource(InputBatch.add_request)
+    assert "req_state.output_token_ids.extend(sampled_ids)" in inspect.getsource(GPUModelRunner._bookkeeping_sync)
+    sample = inspect.getsource(GPUModelRunner._sample)
+    assert sample.index("update_async_output_token_ids()") < sample.index("self.sampler(")
+    assert "logitsprocs_need_output_token_ids=bool(custom_logitsprocs)" in inspect.getsource(GPUModelRunner.__init__)
+    states = inspect.getsource(GPUModelRunner._update_states)
+    assert "req_state.output_token_ids = resumed_token_ids[-num_output_tokens:]" in states
+    assert "reqs_to_add.append(req_state)" in states and "self.input_batch.add_request(request)" in states
+
+
 @pytest.mark.parametrize("tp_size", [2, 4, 8])
 def test_tensor_parallel_partials_sum_to_the_full_logits(tp_size):
     """Split an lm_head by vocabulary exactly as vLLM's ParallelLMHead does (its own

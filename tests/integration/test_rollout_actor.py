@@ -18,16 +18,19 @@ from openrlhf.utils.agent import SingleTurnAgentExecutor
 from vllm import SamplingParams
 
 from openrlhf_meds.demo.task import EOS, REWARD_FILE, format_prompt
+from openrlhf_meds.engine.client import EngineFeatures
+from openrlhf_meds.engine.vllm_features import CAPTURE_ARG
 from openrlhf_meds.integration.rollout_actor import (
     DIVERSITY,
     GROUP_ID,
     HAS_FEATURE,
+    REPREFILLED,
     ROLLOUT,
     MedsRolloutActor,
     prompt_key,
     response_ids,
 )
-from openrlhf_meds.integration.trainer import MedsExperienceMaker, diversity_metrics
+from openrlhf_meds.integration.trainer import MedsExperienceMaker, diversity_metrics, reprefill_metrics
 from openrlhf_meds.meds import MedsConfig
 
 PAD = 151643
@@ -39,8 +42,10 @@ class ScriptedLLM:
     def __init__(self, tokenizer, script: dict[str, list[str]]):
         self.tokenizer = tokenizer
         self.script = {tuple(tokenizer.encode(p)): list(texts) for p, texts in script.items()}
+        self.capture_tags = []  # each generation's in-stream capture tag (None: untagged)
 
     async def generate(self, prompt, sampling_params, request_id):
+        self.capture_tags.append((sampling_params.extra_args or {}).get(CAPTURE_ARG))
         text = self.script[tuple(prompt["prompt_token_ids"])].pop(0)
         out = SimpleNamespace(token_ids=self.tokenizer.encode(text), text=text, finish_reason="stop", logprobs=None)
         yield SimpleNamespace(outputs=[out])
@@ -69,17 +74,17 @@ class RecordingMemory:
 
 
 def fake_rollout_features(calls):
-    """Stands in for the vLLM re-prefill: feature [answer digit, response length], NaN without
-    a \\boxed{} answer; records what the engine asked for."""
+    """Stands in for the vLLM engine's features: [answer digit, response length], NaN without
+    a \\boxed{} answer, "re-prefilled" where no capture tag came; records what it was asked."""
 
-    async def rollout_features(llm, tokenizer, prompt_ids, response_ids, config, num_layers):
-        calls.append((prompt_ids, response_ids))
+    async def rollout_features(llm, tokenizer, prompt_ids, response_ids, config, num_layers, tags=None):
+        calls.append((prompt_ids, response_ids, tags))
         feats = np.full((len(response_ids), 2), np.nan, np.float32)
         for i, ids in enumerate(response_ids):
             text = tokenizer.decode(ids)
             if "\\boxed{" in text:
                 feats[i] = [float(text.split("\\boxed{")[1][0]), len(ids)]
-        return feats
+        return EngineFeatures(feats, np.array([t is None for t in tags]))
 
     return rollout_features
 
@@ -135,6 +140,14 @@ def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer
     assert [tok.decode(g) for g in calls[0][1]] == prompts["train"][2]
     assert all(tok.decode(p) == prompts["train"][0] for p in calls[0][0])
     assert len(calls) == 2  # the filtered group's features were computed (no eval features)
+    # Every training generation was tagged for in-stream capture, and its response came to
+    # rollout_features with its own tag; evaluation generations were not tagged.
+    seen = engine.llm.capture_tags
+    assert len(seen) == 12 and None not in seen[:8] and seen[8:] == [None] * 4 and len(set(seen[:8])) == 8
+    # Matched by tokens: the distinct responses 1 and 2 to their own generations; the equal
+    # responses (0 and 3 of train, all of filtered) are interchangeable.
+    assert calls[0][2][1:3] == seen[1:3] and sorted(calls[0][2]) == sorted(seen[:4])
+    assert sorted(calls[1][2]) == sorted(seen[4:8])
 
     # OpenRLHF's response -> Experience: the tags are per-sample info tensors, next to the
     # reward file's own extra_logs ("boxed").
@@ -168,6 +181,8 @@ def test_engine_tags_reach_the_trainer_through_openrlhf_responses(qwen_tokenizer
     assert div["div/pass@1"] == pytest.approx((1 / 2 + 1) / 2)
     assert div["div/pass@4"] == pytest.approx(1.0)
     assert not [tag for b in batches for tag in b.info if tag.startswith(DIVERSITY)]  # popped
+    assert reprefill_metrics(batches) == {"meds/feature_reprefills": 0.0}
+    assert not [b for b in batches if REPREFILLED in b.info]  # popped
     metrics = maker.shape_rewards(batches)
     got = dict(zip(order, torch.cat([b.info["meds_penalty"] for b in batches]).tolist()))
     want = dict(zip(order, [0.0] * 8))

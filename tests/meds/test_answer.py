@@ -156,3 +156,40 @@ def test_input_types_and_long_responses(qwen_tokenizer):
     assert answer_target([151900] + ids, tok) == (want[0] + 1, want[1])
     with pytest.raises(ValueError, match="1-D"):
         answer_target(torch.tensor([ids]), tok)
+
+
+def test_brace_candidacy_streamed_gives_answer_targets_brace(qwen_tokenizer):
+    """Scanning a response token by token with brace_candidacy and keeping the latest exact
+    and the latest fallback candidate finds answer_target's brace (exact first), on 3,000
+    random responses over tokens that make the rules interact: the `\\boxed{` pattern,
+    other "boxed" tokens, other brace tokens, plain tokens."""
+    from openrlhf_meds.meds.answer import brace_candidacy
+
+    alphabet = [59, 79075, 90, 73664, 1611, 291, 2979, 15170, 314, 87, 10]  # \ boxed { ' boxed' B oxed {{ }{ ' {' x +
+    rng = np.random.default_rng(0)
+    kinds = {"exact": 0, "fallback": 0}
+    for _ in range(3000):
+        ids = rng.choice(alphabet, size=int(rng.integers(0, 30))).tolist()
+        if rng.random() < 0.3:  # random tokens rarely spell `\\boxed{`
+            at = int(rng.integers(0, len(ids) + 1))
+            ids[at:at] = [59, 79075, 90]
+        exact = fallback = None
+        for n in range(1, len(ids) + 1):
+            is_exact, is_fallback = brace_candidacy(ids[:n], qwen_tokenizer)
+            exact = n - 1 if is_exact else exact
+            fallback = n - 1 if is_fallback else fallback
+        p = exact if exact is not None else fallback
+        want = None if p is None or p + 1 >= len(ids) else (p, ids[p + 1])
+        assert answer_target(ids, qwen_tokenizer) == want, ids
+        if want is not None:
+            kinds["exact" if exact is not None else "fallback"] += 1
+    assert min(kinds.values()) > 100  # both rules were exercised
+
+
+def test_brace_candidacy_ignores_ids_outside_the_vocabulary(qwen_tokenizer):
+    from openrlhf_meds.meds.answer import brace_candidacy
+
+    assert brace_candidacy([], qwen_tokenizer) == (False, False)
+    assert brace_candidacy([79075, 10**9], qwen_tokenizer) == (False, False)
+    assert brace_candidacy([10**9, 90], qwen_tokenizer) == (False, False)
+    assert brace_candidacy([59, 79075, 90], qwen_tokenizer) == (True, True)
