@@ -163,20 +163,26 @@ def _assemble(n_rollouts, jobs, tags, rank_results, config: MedsConfig, num_laye
 
 def _plan(tokenizer, prompt_ids_list, response_ids_list, tags):
     """The rollouts with an answer (`_requests`) and what to ask the workers for their
-    in-stream captures: `(jobs, tags, wanted)`."""
+    in-stream captures: `(jobs, tags, asked, wanted)` (`asked`: the tags to pop)."""
     jobs = _requests(tokenizer, prompt_ids_list, response_ids_list)
     if tags is not None and len(tags) != len(response_ids_list):
         raise ValueError(f"rollout_features: {len(tags)} tags for {len(response_ids_list)} rollouts")
     tags = list(tags or [])
     wanted = {tags[i]: [p, y_star] for i, _, p, y_star in jobs if tags and tags[i] is not None}
-    return jobs, tags, wanted
+    return jobs, tags, [t for t in tags if t is not None], wanted
 
 
-def _split(jobs, tags, captured):
-    """Jobs the engine captured (with their capture tags) and those left to re-prefill
-    (with fresh tags)."""
-    done = [(job, tags[job[0]]) for job in jobs if tags and tags[job[0]] in captured]
-    redo = [(job, f"meds-{uuid.uuid4().hex}") for job in jobs if not (tags and tags[job[0]] in captured)]
+def _split(jobs, tags, captures):
+    """Jobs the engine captured (with their capture tags; `captures`: the workers' complete
+    results) and those left to re-prefill (with fresh tags)."""
+    captured = {t for found, _ in captures for t in found}
+    done, redo = [], []
+    for job in jobs:
+        tag = tags[job[0]] if tags else None
+        if tag in captured:
+            done.append((job, tag))
+        else:
+            redo.append((job, f"meds-{uuid.uuid4().hex}"))
     return done, redo
 
 
@@ -208,10 +214,9 @@ async def rollout_features(
     """
     from vllm.inputs import TokensPrompt
 
-    jobs, tags, wanted = _plan(tokenizer, prompt_ids_list, response_ids_list, tags)
-    asked = [t for t in tags if t is not None]
+    jobs, tags, asked, wanted = _plan(tokenizer, prompt_ids_list, response_ids_list, tags)
     captures = _complete(await llm.collective_rpc("meds_pop_captures", args=(asked, wanted))) if asked else []
-    done, redo = _split(jobs, tags, {t for found, _ in captures for t in found})
+    done, redo = _split(jobs, tags, captures)
 
     async def prefill(ids, y_star, tag):
         async for _ in llm.generate(TokensPrompt(prompt_token_ids=ids), _sampling_params(y_star, tag), request_id=tag):
@@ -235,10 +240,9 @@ def rollout_features_sync(
     """As `rollout_features`, for a patched offline `vllm.LLM`."""
     from vllm.inputs import TokensPrompt
 
-    jobs, tags, wanted = _plan(tokenizer, prompt_ids_list, response_ids_list, tags)
-    asked = [t for t in tags if t is not None]
+    jobs, tags, asked, wanted = _plan(tokenizer, prompt_ids_list, response_ids_list, tags)
     captures = _complete(llm.collective_rpc("meds_pop_captures", args=(asked, wanted))) if asked else []
-    done, redo = _split(jobs, tags, {t for found, _ in captures for t in found})
+    done, redo = _split(jobs, tags, captures)
     if redo:
         llm.generate(
             [TokensPrompt(prompt_token_ids=ids) for (_, ids, _, _), _ in redo],

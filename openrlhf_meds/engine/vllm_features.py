@@ -69,6 +69,8 @@ from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
+from ..meds.answer import brace_candidacy
+
 VLLM_SERIES = "0.29."
 EXTRA_ARG = "meds_target"  # SamplingParams.extra_args key of a re-prefill: (tag, y*)
 CAPTURE_ARG = "meds_capture"  # SamplingParams.extra_args key of a generation to capture: tag
@@ -327,8 +329,6 @@ class MedsFeatureProcessor(LogitsProcessor):
         token is a brace candidate, keep the row (its y* is sampled from it right after);
         a candidate whose y* has since appeared becomes per-layer logits. Output lists
         hold -1 for tokens of async scheduling not known yet."""
-        from ..meds.answer import brace_candidacy
-
         resolve, fresh = [], []
         for row, (tag, out) in self.captures.items():
             record = model.meds_captures.get(tag)

@@ -114,15 +114,17 @@ def _scripts(rng):
     ]
 
 
-def _captured_generations(generate, scripts, prompts):
-    """(responses, capture tags) of scripted, tagged generations."""
+def _captured_generations(llm, scripts, prompts):
+    """(responses, capture tags) of scripted, tagged generations of a `vllm.LLM`."""
     from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
 
     tagged = [
         capture(SamplingParams(max_tokens=len(s), temperature=1.0, ignore_eos=True, extra_args={"script": s}))
         for s in scripts
     ]
-    outs = generate(prompts, [p for p, _ in tagged])
+    params = [p for p, _ in tagged]
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
     responses = [list(out.outputs[0].token_ids) for out in outs]
     for script, response in zip(scripts, responses):
         assert len(response) == len(script) and all(t in (FREE, r) for t, r in zip(script, response))
@@ -245,17 +247,12 @@ def test_fp32_in_stream_capture_equals_hf(name, llm_fp32, tiny_qwen2, qwen_token
     and prompts of up to 700 tokens prefilled in 64-token chunks: equal to the HF reference
     for several `\\boxed{` (the last), a fallback-only brace and y* as the final token; NaN
     for a brace as the last token and for no answer. A repeated prompt hits the cache."""
-    from vllm.inputs import TokensPrompt
-
     rng = np.random.default_rng(5)
     scripts = _scripts(rng) * 2
     prompts = [rng.integers(200, 50000, size=n).tolist() for n in (30, 300, 90, 700, 150, 20, 450, 64, 130, 250)]
     prompts[9] = prompts[1]  # a prefix-cache hit during generation
 
-    def generate(prompts, params):
-        return llm_fp32.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-
-    responses, tags = _captured_generations(generate, scripts, prompts)
+    responses, tags = _captured_generations(llm_fp32, scripts, prompts)
     config = CONFIGS[name]
     got, reprefilled = rollout_features_sync(
         llm_fp32, qwen_tokenizer, prompts, responses, config, NUM_LAYERS, tags=tags
@@ -275,15 +272,10 @@ def test_fp32_in_stream_capture_equals_hf(name, llm_fp32, tiny_qwen2, qwen_token
 def test_response_edited_after_generation_falls_back_to_a_re_prefill(llm_fp32, tiny_qwen2, qwen_tokenizer):
     """A captured response the caller changed (its last `\\boxed{` is not the engine's):
     not taken from the capture, re-prefilled, and still the HF feature."""
-    from vllm.inputs import TokensPrompt
-
     rng = np.random.default_rng(6)
     prompts = [rng.integers(200, 50000, size=40).tolist() for _ in range(2)]
 
-    def generate(prompts, params):
-        return llm_fp32.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-
-    responses, tags = _captured_generations(generate, _scripts(rng)[:2], prompts)
+    responses, tags = _captured_generations(llm_fp32, _scripts(rng)[:2], prompts)
     responses[1] = responses[1] + BOXED + [15]  # "\\boxed{0" appended by the caller
     got, reprefilled = rollout_features_sync(
         llm_fp32, qwen_tokenizer, prompts, responses, CONFIGS["default"], NUM_LAYERS, tags=tags
@@ -465,7 +457,6 @@ def test_gpu_compiled_cuda_graphs(tp, model_dir, tiny_qwen2, qwen_tokenizer):
     scheduling, tensor parallelism 1 and 2 (ranks' partials summed by the client), for
     in-stream capture (no re-prefill) and for the re-prefill."""
     from vllm import LLM
-    from vllm.inputs import TokensPrompt
 
     if torch.cuda.device_count() < tp:
         pytest.skip(f"needs {tp} GPUs")
@@ -486,10 +477,7 @@ def test_gpu_compiled_cuda_graphs(tp, model_dir, tiny_qwen2, qwen_tokenizer):
         scripts = _scripts(rng) * 4
         stream_prompts = [rng.integers(200, 50000, size=int(rng.integers(10, 600))).tolist() for _ in scripts]
 
-        def generate(prompts, params):
-            return llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-
-        stream_responses, tags = _captured_generations(generate, scripts, stream_prompts)
+        stream_responses, tags = _captured_generations(llm, scripts, stream_prompts)
         streamed, reprefilled = rollout_features_sync(
             llm, qwen_tokenizer, stream_prompts, stream_responses, MedsConfig(), NUM_LAYERS, tags=tags
         )
