@@ -7,11 +7,13 @@ next to the same run without it.
    generates and emits each rollout's feature, the MemoryActor clusters past errors, the
    experience maker shapes the rewards before GRPO's advantages; the engine also samples
    held-out sums before training and at the last step (pass@k, OpenRLHF's evaluation);
-4. the same training with `--meds.enable false` (plain GRPO, same prompts and seed);
+4. the same training with `--meds.enable false` (plain GRPO, same prompts and seed), at the
+   same time: the two processes take turns step by step (`integration/turns.py`), so both
+   step times are measured under the same conditions;
 5. print both side by side (accuracy, repeated errors, distinct answers, eigen ratio, held-out
    pass@k, step times) and plot the curves of both.
 
-    python -m openrlhf_meds.demo [--work-dir outputs/demo] [--steps 5] [--no-baseline]
+    python -m openrlhf_meds.demo [--work-dir outputs/demo] [--steps 8] [--no-baseline]
 
 Steps 1-2 are cached in the work directory (rerunning skips them).
 """
@@ -22,10 +24,16 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 
 from ..cpu.launch import PPO_CPU_FLAGS
+from ..integration.turns import TURNS_ENV
 from . import task as arith
 from .sft import grpo_argv, sft_tiny_model
 
@@ -119,20 +127,12 @@ def plot(scalars: dict, path: str, baseline: dict | None = None):
 PROMPTS, SAMPLES = 8, 8  # per step; the same 8 prompts every step, so mistakes come back
 
 
-def train(
-    task: dict,
-    out_dir: str,
-    steps: int,
-    meds: bool = True,
-    extra=(),
-    save_steps: int | None = None,
-    n_prompts: int = PROMPTS,
-) -> dict:
-    """`steps` GRPO steps of train_grpo --cpu on the SFT'd model, PROMPTS prompts a step, over
-    the first `n_prompts` (a multiple of PROMPTS) of the task's prompts again and again;
-    returns the tensorboard scalars as {tag: {step: value}}."""
-    from ..train_grpo import main as train_grpo
-
+def train_argv(
+    task: dict, out_dir: str, steps: int, meds: bool = True, extra=(), save_steps: int | None = None, n_prompts=PROMPTS
+) -> list[str]:
+    """`train_grpo --cpu` flags of `steps` GRPO steps on the SFT'd model, PROMPTS prompts a
+    step, over the first `n_prompts` (a multiple of PROMPTS) of the task's prompts again and
+    again; tensorboard logs under `out_dir`/tensorboard."""
     argv = grpo_argv(
         task["sft_model"],
         task["prompts"],
@@ -144,27 +144,75 @@ def train(
         max_new_tokens=64,
     )
     argv = argv[: len(argv) - len(PPO_CPU_FLAGS)]  # train_grpo --cpu adds them
-    train_grpo(
-        [
-            "--cpu",
-            *argv,
-            "--train.num_episodes",
-            str(steps * PROMPTS // n_prompts),
-            "--ckpt.save_steps",
-            str(save_steps or steps),
-            "--logger.tensorboard_dir",
-            os.path.join(out_dir, "tensorboard"),
-            "--logger.logging_steps",
-            "1",
-            "--meds.enable",
-            str(meds).lower(),
-            "--vllm.enable_prefix_caching",
-            "--meds.memory_dir",
-            os.path.join(out_dir, "meds_state"),
-            *extra,
-        ]
-    )
+    return [
+        "--cpu",
+        *argv,
+        "--train.num_episodes", str(steps * PROMPTS // n_prompts),
+        "--ckpt.save_steps", str(save_steps or steps),
+        "--logger.tensorboard_dir", os.path.join(out_dir, "tensorboard"),
+        "--logger.logging_steps", "1",
+        "--meds.enable", str(meds).lower(),
+        "--vllm.enable_prefix_caching",
+        "--meds.memory_dir", os.path.join(out_dir, "meds_state"),
+        *extra,
+    ]  # fmt: skip
+
+
+def scalars_of(out_dir: str) -> dict:
+    """A run's tensorboard scalars as {tag: {step: value}}."""
     return {tag: dict(points) for tag, points in read_scalars(os.path.join(out_dir, "tensorboard")).items()}
+
+
+def train(task: dict, out_dir: str, steps: int, meds: bool = True, extra=(), **kwargs) -> dict:
+    """Run `train_argv`'s training in this process; return its scalars (`scalars_of`)."""
+    from ..train_grpo import main as train_grpo
+
+    train_grpo(train_argv(task, out_dir, steps, meds, extra, **kwargs))
+    return scalars_of(out_dir)
+
+
+STEP_LINE = re.compile(r"Global step (\d+): .*'timing/step_total': ([0-9.]+)")
+
+
+def train_side_by_side(runs: dict[str, tuple[str, list[str]]], steps: int) -> dict[str, dict]:
+    """Run `train_grpo` with each of `runs` ({name: (out_dir, argv)}) at once, one process
+    each, taking turns step by step (`integration/turns.py`), so that their step times are
+    measured under the same conditions. Each run's output goes to `out_dir`/train.log; one
+    line per step is printed here. Returns {name: scalars}; exits non-zero, with the failed
+    log's end, if a run fails (the others still finish)."""
+    turns_dir = tempfile.mkdtemp(prefix="meds-turns-")
+    procs, readers = {}, []
+    for i, (name, (out_dir, argv)) in enumerate(runs.items()):
+        os.makedirs(out_dir, exist_ok=True)
+        env = {**os.environ, TURNS_ENV: f"{turns_dir}:{i}:{len(runs)}"}
+        cmd = [sys.executable, "-m", "openrlhf_meds.train_grpo", *argv]
+        procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        readers.append(threading.Thread(target=_follow, args=(name, procs[name], out_dir, steps), daemon=True))
+        readers[-1].start()
+    failed = []
+    for i, (name, proc) in enumerate(procs.items()):
+        rc = proc.wait()
+        open(os.path.join(turns_dir, f"done.{i}"), "w").close()  # a dead run's turns pass on
+        if rc:
+            failed.append((name, rc))
+    for reader in readers:
+        reader.join()
+    shutil.rmtree(turns_dir, ignore_errors=True)
+    for name, rc in failed:
+        log = os.path.join(runs[name][0], "train.log")
+        print("".join(open(log).readlines()[-40:]), file=sys.stderr)
+        raise SystemExit(f"error: the {name} run failed (exit code {rc}); its output: {log}")
+    return {name: scalars_of(out_dir) for name, (out_dir, _) in runs.items()}
+
+
+def _follow(name: str, proc, out_dir: str, steps: int):
+    """Copy a run's output to its train.log; print a line per finished step."""
+    with open(os.path.join(out_dir, "train.log"), "w") as log:
+        for line in proc.stdout:
+            log.write(line)
+            m = STEP_LINE.search(line)
+            if m:
+                print(f"  {name}: step {m[1]}/{steps} done, {float(m[2]):.1f} s", flush=True)
 
 
 def diversity_lines(meds: dict, baseline: dict | None) -> list[str]:
@@ -192,10 +240,35 @@ def heldout_lines(meds: dict, baseline: dict | None) -> list[str]:
     return lines
 
 
+def step_time_lines(meds: dict, baseline: dict | None) -> list[str]:
+    """Mean step time over steps 2.. (step 1 includes vLLM's warm-up) with MEDS and, when the
+    baseline ran alongside (taking turns), without it: the difference of the means and the
+    range of the step-by-step differences (how much one step's pair can tell)."""
+
+    def kept(run):
+        times = run.get("train/timing/step_total") or {}
+        return {step: v for step, v in times.items() if step > 1} or times
+
+    ours, base = kept(meds), kept(baseline or {})
+    steps = sorted(set(ours) & set(base)) if base else sorted(ours)
+    if not steps:
+        return []
+    mean_ours = sum(ours[s] for s in steps) / len(steps)
+    line = f"mean step time (steps {steps[0]}-{steps[-1]}): {mean_ours:.2f} s with MEDS"
+    if base:
+        mean_base = sum(base[s] for s in steps) / len(steps)
+        each = [ours[s] / base[s] - 1 for s in steps]
+        line += (
+            f", {mean_base:.2f} s without, the runs taking turns step by step: MEDS adds "
+            f"{mean_ours / mean_base - 1:+.1%} (one step's pair: {min(each):+.1%} to {max(each):+.1%})"
+        )
+    return [line]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work-dir", default="outputs/demo")
-    ap.add_argument("--steps", type=int, default=5, help="GRPO steps (8 prompts x 8 rollouts each)")
+    ap.add_argument("--steps", type=int, default=8, help="GRPO steps (8 prompts x 8 rollouts each)")
     ap.add_argument("--sft-examples", type=int, default=1120, help="SFT examples (8 a step)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run without MEDS")
     args, extra = ap.parse_known_args(argv)  # extra: more train_grpo flags (--meds.alpha 0.2, ...)
@@ -224,29 +297,31 @@ def main(argv=None):
         "--eval.temperature", "1.0",
     ]  # fmt: skip
 
-    print(f"[demo 3/5] GRPO + MEDS with openrlhf_meds.train_grpo --cpu, {args.steps} steps", flush=True)
+    meds_dir, base_dir = os.path.join(work, "grpo_meds"), os.path.join(work, "grpo_baseline")
+    # The SFT'd model's held-out pass@k (step 0) once, in the MEDS run: it is the baseline's start too.
+    meds_argv = train_argv(task, meds_dir, args.steps, True, [*evaluation, "--meds.eval_before_training", *extra])
+    runs = {"MEDS": (meds_dir, meds_argv)}
+    if args.no_baseline:
+        print(f"[demo 3/5] GRPO + MEDS with openrlhf_meds.train_grpo --cpu, {args.steps} steps", flush=True)
+    else:
+        runs["baseline"] = (base_dir, train_argv(task, base_dir, args.steps, False, [*evaluation, *extra]))
+        print(
+            f"[demo 3-4/5] GRPO + MEDS and the same run without MEDS (--meds.enable false), {args.steps} steps, "
+            "side by side: openrlhf_meds.train_grpo --cpu twice, taking turns step by step so that both "
+            "step times are measured under the same conditions",
+            flush=True,
+        )
+    for out_dir, _ in runs.values():
+        shutil.rmtree(out_dir, ignore_errors=True)
     t_train = time.perf_counter()
-    meds_dir = os.path.join(work, "grpo_meds")
-    shutil.rmtree(meds_dir, ignore_errors=True)
-    # The SFT'd model's held-out pass@k (step 0) once, in this run: it is the baseline's start too.
-    scalars = train(task, meds_dir, args.steps, True, [*evaluation, "--meds.eval_before_training", *extra])
+    results = train_side_by_side(runs, args.steps)
     t_train = time.perf_counter() - t_train
-    baseline = None
-    if not args.no_baseline:
-        print("[demo 4/5] the same run without MEDS (--meds.enable false)", flush=True)
-        base_dir = os.path.join(work, "grpo_baseline")
-        shutil.rmtree(base_dir, ignore_errors=True)
-        baseline = train(task, base_dir, args.steps, False, [*evaluation, *extra])
+    scalars, baseline = results["MEDS"], results.get("baseline")
 
     print("[demo 5/5] summary", flush=True)
     png = os.path.join(work, "meds_demo_curves.png")
     plot(scalars, png, baseline)
     last = {tag: points[max(points)] for tag, points in scalars.items()}
-
-    def step_time(s):  # mean over steps 2.. (step 1 includes vLLM's warm-up), the evaluated last one left out
-        times = s["train/timing/step_total"]
-        kept = [v for step, v in times.items() if 1 < step < args.steps] or [times[max(times)]]
-        return sum(kept) / len(kept)
 
     lines = [
         f"rollouts with a \\boxed{{}} answer (a MEDS feature): {1 - last['train/meds/no_feature_frac']:.0%} "
@@ -259,16 +334,11 @@ def main(argv=None):
         "clusters per key",
         *diversity_lines(scalars, baseline),
         *heldout_lines(scalars, baseline),
-        f"mean step time (steps 2-{args.steps - 1}): {step_time(scalars):.2f} s with MEDS"
-        + (
-            f", {step_time(baseline):.2f} s without (MEDS adds {step_time(scalars) / step_time(baseline) - 1:+.1%})"
-            if baseline
-            else ""
-        ),
+        *step_time_lines(scalars, baseline),
         f"logs: {os.path.join(meds_dir, 'tensorboard')}   "
         f"checkpoint (model + MEDS memory): {os.path.join(meds_dir, 'ckpt')}",
         f"curves: {png}",
-        f"total {time.perf_counter() - t0:.0f} s (GRPO with MEDS {t_train:.0f} s)",
+        f"total {time.perf_counter() - t0:.0f} s (GRPO {t_train:.0f} s)",
     ]
     print("\n".join("  " + line for line in lines))
     with open(os.path.join(work, "summary.txt"), "w") as f:

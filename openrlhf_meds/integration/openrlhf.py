@@ -12,12 +12,15 @@ import argparse
 import importlib
 import importlib.metadata
 import json
+import os
 import runpy
 import sys
 from contextlib import contextmanager
 from functools import partial
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
+
+from .turns import TURNS_ENV
 
 if TYPE_CHECKING:  # cpu.patches imports this module in every process: keep it light
     from ..meds.config import MedsConfig
@@ -102,6 +105,11 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
                 f"{lead} steps ahead of the trainer; MEDS keeps a group's penalties for {RESULT_TTL_STEPS} steps: "
                 f"lower them so that (queue size + 1) x (generate batch / batch size) <= {RESULT_TTL_STEPS}"
             )
+    if get("train.async_enable") and os.environ.get(TURNS_ENV):
+        raise SystemExit(
+            f"error: ${TURNS_ENV} (runs taking turns step by step) needs sync training: drop "
+            f"--train.async_enable or unset {TURNS_ENV}"
+        )
     if get("train.async_enable") and config.eval_before_training:
         raise SystemExit(
             "error: --meds.eval_before_training is not supported with --train.async_enable (OpenRLHF's "

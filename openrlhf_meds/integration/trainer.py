@@ -42,6 +42,7 @@ from .rollout_actor import (
     prompt_key,
     semantic_encoder,
 )
+from .turns import Turns
 
 MEMORY_DIR = "meds_memory"  # under --ckpt.path: one snapshot per saved step
 
@@ -327,3 +328,22 @@ class MedsTrainer:
 @ray.remote
 class MedsPPOTrainer(MedsTrainer, PPOTrainer.__ray_metadata__.modified_class):
     """OpenRLHF's PPOTrainer with the MEDS memory: shaping, metrics, checkpoints."""
+
+    turns: Turns | None = None
+
+    def fit(self, global_step: int = 0) -> None:
+        # $OPENRLHF_MEDS_TURNS: runs side by side take turns step by step (integration/turns.py).
+        self.turns = Turns.from_env()
+        if self.turns is None:
+            return super().fit(global_step)
+        self.turns.start()
+        try:
+            return super().fit(global_step)
+        finally:
+            self.turns.finish()
+
+    def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None):
+        super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
+        if self.turns is not None:  # the step is timed and logged: the next run's turn
+            self.turns.hand_over()
+            self.turns.wait()

@@ -2,7 +2,15 @@
 
 import pytest
 
-from openrlhf_meds.demo.main import CURVES, DIVERSITY, HELD_OUT_TAG, diversity_lines, heldout_lines, plot
+from openrlhf_meds.demo.main import (
+    CURVES,
+    DIVERSITY,
+    HELD_OUT_TAG,
+    diversity_lines,
+    heldout_lines,
+    plot,
+    step_time_lines,
+)
 
 
 def test_diversity_lines_show_first_and_last_step_side_by_side():
@@ -40,3 +48,15 @@ def test_plot_writes_a_png_with_every_curve(tmp_path, with_baseline):
     plot(run, str(path), baseline=baseline if with_baseline else None)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(CURVES) == 8  # a 3 x 3 grid, the last panel held-out pass@k
+
+
+def test_step_time_lines_compare_the_runs_over_steps_2_on():
+    meds = {"train/timing/step_total": {1: 40.0, 2: 21.0, 3: 19.0, 4: 20.0}}
+    baseline = {"train/timing/step_total": {1: 30.0, 2: 20.0, 3: 20.0, 4: 20.0}}
+    (line,) = step_time_lines(meds, baseline)
+    # step 1 (vLLM's warm-up) left out: 20.00 s both; steps' pairs +5.0% and -5.0%
+    assert line.startswith("mean step time (steps 2-4): 20.00 s with MEDS, 20.00 s without")
+    assert line.endswith("MEDS adds +0.0% (one step's pair: -5.0% to +5.0%)")
+    assert step_time_lines(meds, None) == ["mean step time (steps 2-4): 20.00 s with MEDS"]
+    assert step_time_lines({"train/timing/step_total": {1: 9.0}}, None)[0].endswith("(steps 1-1): 9.00 s with MEDS")
+    assert step_time_lines({}, None) == []

@@ -226,5 +226,12 @@ def test_openrlhf_internals_the_trainer_relies_on():
     assert "self.compute_advantages_and_returns(experiences)" in src
     src = inspect.getsource(RemoteExperienceMaker.compute_advantages_and_returns)
     assert "apply_length_penalties(experiences, args)" in src and "experience.rewards" in src
+    # $OPENRLHF_MEDS_TURNS (integration/turns.py) hands the turn over at the end of
+    # save_logs_and_checkpoints: fit has timed every phase of the step by then, and evaluates
+    # after it (so a run evaluates in its own turn, untimed).
+    src = inspect.getsource(base.fit)
+    order = ["t_gen_start = time.time()", "generate_samples(", '"timing/step_total"', "self.save_logs_and_checkpoints("]
+    assert [src.index(s) for s in order] == sorted(src.index(s) for s in order)
+    assert src.index("self.save_logs_and_checkpoints(") < src.index("self.evaluate(")
     # The trainer's checkpoint states carry the global step the memory snapshot is named by.
     assert '"global_step"' in inspect.getsource(BasePPOTrainer.init_checkpoint_states)

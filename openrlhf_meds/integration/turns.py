@@ -1,0 +1,93 @@
+"""Training runs on one machine that take turns step by step, for fair timing comparisons.
+
+Two runs timed one after the other on a shared machine differ by whatever else the machine
+did meanwhile: on the project's 2-core box, by several percent either way. Run side by side,
+each doing one whole step (generation, experience, training, weight sync, logs) while the
+others wait, they meet the same conditions within seconds of each other, so the difference
+of their step times is the difference of their work. The CPU demo runs MEDS on and off so
+(`openrlhf_meds.demo`).
+
+`OPENRLHF_MEDS_TURNS=<dir>:<index>:<count>` makes `train_grpo`'s trainer run `index` of
+`count` (`MedsPPOTrainer.fit`, sync training only). `<dir>` holds the shared state, written
+only by the run whose turn it is: `turn` (how many steps all runs have taken), `ready.<i>`
+(run i is about to start its first step), `done.<i>` (run i will take no more turns; also
+written by a supervisor for a run that died, so the others go on).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+TURNS_ENV = "OPENRLHF_MEDS_TURNS"
+POLL_S = 0.05  # a waiting run looks this often (a few microseconds of work each)
+
+
+class Turns:
+    """Run `index` of `count` runs that share the directory `root` (see the module docstring)."""
+
+    def __init__(self, root: str, index: int, count: int):
+        if not 0 <= index < count:
+            raise ValueError(f"{TURNS_ENV}: run index {index} is not in [0, {count})")
+        self.root, self.index, self.count = root, index, count
+
+    @classmethod
+    def from_env(cls) -> Turns | None:
+        """The turns `OPENRLHF_MEDS_TURNS` asks for, or None when it is unset."""
+        spec = os.environ.get(TURNS_ENV)
+        if not spec:
+            return None
+        root, index, count = spec.rsplit(":", 2)
+        return cls(root, int(index), int(count))
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def _done(self, i: int) -> bool:
+        return os.path.exists(self._path(f"done.{i}"))
+
+    def taken(self) -> int:
+        """Turns taken so far, by all runs."""
+        try:
+            with open(self._path("turn")) as f:
+                return int(f.read() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def _next(self, turn: int) -> int:
+        """The first turn from `turn` on whose run has not finished (`turn` if all have)."""
+        for t in range(turn, turn + self.count):
+            if not self._done(t % self.count):
+                return t
+        return turn
+
+    def start(self) -> None:
+        """Say this run is ready, then wait for its first turn (every run ready)."""
+        os.makedirs(self.root, exist_ok=True)
+        open(self._path(f"ready.{self.index}"), "w").close()
+        self.wait()
+
+    def wait(self) -> None:
+        """Block until it is this run's turn. A finished (or dead) run's turn passes on."""
+        while True:
+            ready = all(os.path.exists(self._path(f"ready.{i}")) or self._done(i) for i in range(self.count))
+            if ready and self._next(self.taken()) % self.count == self.index:
+                return
+            time.sleep(POLL_S)
+
+    def hand_over(self) -> None:
+        """End this run's turn: the next run that has not finished goes."""
+        self._write(self._next(self._next(self.taken()) + 1))
+
+    def finish(self) -> None:
+        """This run takes no more turns; hand over if it holds one."""
+        held = self._next(self.taken())
+        open(self._path(f"done.{self.index}"), "w").close()
+        if held % self.count == self.index:
+            self._write(self._next(held + 1))
+
+    def _write(self, turn: int) -> None:
+        tmp = self._path(f"turn.{self.index}.tmp")
+        with open(tmp, "w") as f:
+            f.write(str(turn))
+        os.replace(tmp, self._path("turn"))  # atomic: a reader sees the old count or the new

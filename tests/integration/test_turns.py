@@ -1,0 +1,95 @@
+"""Runs taking turns step by step (`integration/turns.py`), in real processes sharing a
+directory, as `train_grpo` runs do under `$OPENRLHF_MEDS_TURNS`."""
+
+import json
+import multiprocessing as mp
+import os
+import time
+
+import pytest
+
+from openrlhf_meds.integration.turns import TURNS_ENV, Turns
+
+
+def _run(root: str, index: int, count: int, steps: int, log: str, start_delay: float = 0.0):
+    """A run of `steps` steps: each appends (index, step, start, end) to `log`, as a trainer's
+    step between two turns."""
+    time.sleep(start_delay)  # a slow start-up: the others must wait for it
+    turns = Turns(root, index, count)
+    turns.start()
+    try:
+        for step in range(steps):
+            t0 = time.time()
+            time.sleep(0.02)  # the step's work
+            with open(log, "a") as f:
+                f.write(json.dumps([index, step, t0, time.time()]) + "\n")
+            turns.hand_over()
+            turns.wait()
+    finally:
+        turns.finish()
+
+
+def _run_all(tmp_path, steps: list[int], delays: list[float]) -> list[list]:
+    root, log = str(tmp_path / "turns"), str(tmp_path / "steps.jsonl")
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_run, args=(root, i, len(steps), n, log, d)) for i, (n, d) in enumerate(zip(steps, delays))
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return [json.loads(line) for line in open(log)]
+
+
+def test_runs_alternate_step_by_step_and_never_overlap(tmp_path):
+    # Run 1 starts late: run 0 must not take its first step before every run is ready.
+    records = _run_all(tmp_path, steps=[4, 4, 4], delays=[0.0, 1.0, 0.0])
+    assert [(i, step) for i, step, _, _ in records] == [(i, s) for s in range(4) for i in range(3)]
+    for (_, _, _, end), (_, _, start, _) in zip(records, records[1:]):
+        assert end <= start  # one run's step at a time
+    assert records[0][2] >= os.path.getmtime(tmp_path / "turns" / "ready.1")
+
+
+def test_a_finished_run_gives_up_its_turns(tmp_path):
+    records = _run_all(tmp_path, steps=[1, 3, 2], delays=[0.0, 0.0, 0.0])
+    assert [(i, step) for i, step, _, _ in records] == [(0, 0), (1, 0), (2, 0), (1, 1), (2, 1), (1, 2)]
+
+
+def test_a_dead_run_marked_done_passes_its_turn(tmp_path):
+    # Run 1 holds the turn and dies; its supervisor writes done.1 and run 0 goes on.
+    root = str(tmp_path)
+    dead, alive = Turns(root, 1, 2), Turns(root, 0, 2)
+    for turns in (dead, alive):
+        open(os.path.join(root, f"ready.{turns.index}"), "w").close()
+    alive._write(1)
+    assert alive._next(alive.taken()) % 2 == 1  # run 1's turn
+    open(os.path.join(root, "done.1"), "w").close()
+    alive.wait()  # returns: the dead run's turn passed on
+    alive.hand_over()
+    assert alive._next(alive.taken()) % 2 == 0  # only run 0 is left: its turn again
+
+
+def test_env_spec(monkeypatch):
+    monkeypatch.delenv(TURNS_ENV, raising=False)
+    assert Turns.from_env() is None
+    monkeypatch.setenv(TURNS_ENV, "/tmp/x:y:1:2")  # the directory may hold a colon
+    turns = Turns.from_env()
+    assert (turns.root, turns.index, turns.count) == ("/tmp/x:y", 1, 2)
+    monkeypatch.setenv(TURNS_ENV, "/tmp/x:2:2")
+    with pytest.raises(ValueError, match=TURNS_ENV):
+        Turns.from_env()
+
+
+def test_runs_taking_turns_need_sync_training(monkeypatch):
+    import argparse
+
+    from openrlhf_meds.integration.openrlhf import check_openrlhf_args
+    from openrlhf_meds.meds.config import MedsConfig
+
+    flags = argparse.Namespace(**{"reward.remote_url": "reward.py", "vllm.num_engines": 1, "train.async_enable": True})
+    check_openrlhf_args(flags, MedsConfig())
+    monkeypatch.setenv(TURNS_ENV, "/tmp/turns:0:2")
+    with pytest.raises(SystemExit, match=f"{TURNS_ENV}.*needs sync training: drop --train.async_enable"):
+        check_openrlhf_args(flags, MedsConfig())
