@@ -174,27 +174,33 @@ def train(task: dict, out_dir: str, steps: int, meds: bool = True, extra=(), **k
 STEP_LINE = re.compile(r"Global step (\d+): .*'timing/step_total': ([0-9.]+)")
 
 
-def train_side_by_side(runs: dict[str, tuple[str, list[str]]], steps: int) -> dict[str, dict]:
-    """Run `train_grpo` with each of `runs` ({name: (out_dir, argv)}) at once, one process
-    each, taking turns step by step (`integration/turns.py`), so that their step times are
-    measured under the same conditions. Each run's output goes to `out_dir`/train.log; one
+TRAIN_GRPO = (sys.executable, "-m", "openrlhf_meds.train_grpo")
+
+
+def train_side_by_side(runs: dict[str, tuple[str, list[str]]], steps: int, program=TRAIN_GRPO) -> dict[str, dict]:
+    """Run `train_grpo` (`program`) with each of `runs` ({name: (out_dir, argv)}) at once, one
+    process each, taking turns step by step (`integration/turns.py`), so that their step times
+    are measured under the same conditions. Each run's output goes to `out_dir`/train.log; one
     line per step is printed here. Returns {name: scalars}; exits non-zero, with the failed
-    log's end, if a run fails (the others still finish)."""
+    log's end, if a run fails (the others still finish: a dead run's turns pass on)."""
     turns_dir = tempfile.mkdtemp(prefix="meds-turns-")
     procs, readers = {}, []
     for i, (name, (out_dir, argv)) in enumerate(runs.items()):
         os.makedirs(out_dir, exist_ok=True)
         env = {**os.environ, TURNS_ENV: f"{turns_dir}:{i}:{len(runs)}"}
-        cmd = [sys.executable, "-m", "openrlhf_meds.train_grpo", *argv]
-        procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs[name] = subprocess.Popen(
+            [*program, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         readers.append(threading.Thread(target=_follow, args=(name, procs[name], out_dir, steps), daemon=True))
         readers[-1].start()
-    failed = []
-    for i, (name, proc) in enumerate(procs.items()):
-        rc = proc.wait()
-        open(os.path.join(turns_dir, f"done.{i}"), "w").close()  # a dead run's turns pass on
-        if rc:
-            failed.append((name, rc))
+    running, failed = dict(enumerate(procs.items())), []
+    while running:
+        for i, (name, proc) in list(running.items()):
+            if proc.poll() is not None:
+                open(os.path.join(turns_dir, f"done.{i}"), "w").close()  # a dead run's turns pass on
+                failed += [(name, proc.returncode)] if proc.returncode else []
+                del running[i]
+        time.sleep(1.0)
     for reader in readers:
         reader.join()
     shutil.rmtree(turns_dir, ignore_errors=True)

@@ -4,8 +4,10 @@ Two runs timed one after the other on a shared machine differ by whatever else t
 did meanwhile: on the project's 2-core box, by several percent either way. Run side by side,
 each doing one whole step (generation, experience, training, weight sync, logs) while the
 others wait, they meet the same conditions within seconds of each other, so the difference
-of their step times is the difference of their work. The CPU demo runs MEDS on and off so
-(`openrlhf_meds.demo`).
+of their step times is the difference of their work. The order is reversed every round
+(0 1, 1 0, 0 1, ... for two runs) so that neither run always follows the other: what a step
+leaves running behind it (a log flush, a warm-up) lands on both runs alike. The CPU demo
+runs MEDS on and off so (`openrlhf_meds.demo`).
 
 `OPENRLHF_MEDS_TURNS=<dir>:<index>:<count>` makes `train_grpo`'s trainer run `index` of
 `count` (`MedsPPOTrainer.fit`, sync training only). `<dir>` holds the shared state, written
@@ -54,10 +56,15 @@ class Turns:
         except FileNotFoundError:
             return 0
 
+    def owner(self, turn: int) -> int:
+        """The run of turn number `turn`: rounds of `count` turns, every other one reversed."""
+        round_, k = divmod(turn, self.count)
+        return k if round_ % 2 == 0 else self.count - 1 - k
+
     def _next(self, turn: int) -> int:
         """The first turn from `turn` on whose run has not finished (`turn` if all have)."""
-        for t in range(turn, turn + self.count):
-            if not self._done(t % self.count):
+        for t in range(turn, turn + 2 * self.count):
+            if not self._done(self.owner(t)):
                 return t
         return turn
 
@@ -71,7 +78,7 @@ class Turns:
         """Block until it is this run's turn. A finished (or dead) run's turn passes on."""
         while True:
             ready = all(os.path.exists(self._path(f"ready.{i}")) or self._done(i) for i in range(self.count))
-            if ready and self._next(self.taken()) % self.count == self.index:
+            if ready and self.owner(self._next(self.taken())) == self.index:
                 return
             time.sleep(POLL_S)
 
@@ -83,7 +90,7 @@ class Turns:
         """This run takes no more turns; hand over if it holds one."""
         held = self._next(self.taken())
         open(self._path(f"done.{self.index}"), "w").close()
-        if held % self.count == self.index:
+        if self.owner(held) == self.index:
             self._write(self._next(held + 1))
 
     def _write(self, turn: int) -> None:

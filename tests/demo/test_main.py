@@ -1,5 +1,7 @@
 """The demo's summary and picture from a run's scalars (the runs themselves: tests/test_e2e.py)."""
 
+import sys
+
 import pytest
 
 from openrlhf_meds.demo.main import (
@@ -10,6 +12,7 @@ from openrlhf_meds.demo.main import (
     heldout_lines,
     plot,
     step_time_lines,
+    train_side_by_side,
 )
 
 
@@ -60,3 +63,37 @@ def test_step_time_lines_compare_the_runs_over_steps_2_on():
     assert step_time_lines(meds, None) == ["mean step time (steps 2-4): 20.00 s with MEDS"]
     assert step_time_lines({"train/timing/step_total": {1: 9.0}}, None)[0].endswith("(steps 1-1): 9.00 s with MEDS")
     assert step_time_lines({}, None) == []
+
+
+# A stand-in for train_grpo under $OPENRLHF_MEDS_TURNS: two steps, each printed as OpenRLHF
+# logs them; argv[1] "die" exits before its first turn. A run that waits 30 s is killed by
+# its alarm (the test then fails naming it, instead of hanging).
+FAKE_RUN = """
+import signal, sys
+from openrlhf_meds.integration.turns import Turns
+signal.alarm(30)
+turns = Turns.from_env()
+if sys.argv[1] == "die":
+    sys.exit(3)
+turns.start()
+for step in (1, 2):
+    print(f"Global step {step}: {{'timing/step_total': {step}.5}}", flush=True)
+    turns.hand_over()
+    turns.wait()
+turns.finish()
+"""
+
+
+def test_side_by_side_runs_take_turns(tmp_path, capsys):
+    runs = {name: (str(tmp_path / name), ["live"]) for name in ("a", "b")}
+    assert train_side_by_side(runs, 2, program=(sys.executable, "-c", FAKE_RUN)) == {"a": {}, "b": {}}
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert lines == [f"{name}: step {s}/2 done, {s}.5 s" for name, s in (("a", 1), ("b", 1), ("b", 2), ("a", 2))]
+    assert "Global step 2" in (tmp_path / "b" / "train.log").read_text()
+
+
+def test_a_dead_run_fails_the_demo_but_does_not_block_the_other(tmp_path, capsys):
+    runs = {"a": (str(tmp_path / "a"), ["live"]), "b": (str(tmp_path / "b"), ["die"])}
+    with pytest.raises(SystemExit, match=r"the b run failed \(exit code 3\); its output: .*b/train.log"):
+        train_side_by_side(runs, 2, program=(sys.executable, "-c", FAKE_RUN))
+    assert "a: step 2/2 done, 2.5 s" in capsys.readouterr().out  # run a took all its turns

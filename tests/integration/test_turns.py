@@ -46,7 +46,9 @@ def _run_all(tmp_path, steps: list[int], delays: list[float]) -> list[list]:
 def test_runs_alternate_step_by_step_and_never_overlap(tmp_path):
     # Run 1 starts late: run 0 must not take its first step before every run is ready.
     records = _run_all(tmp_path, steps=[4, 4, 4], delays=[0.0, 1.0, 0.0])
-    assert [(i, step) for i, step, _, _ in records] == [(i, s) for s in range(4) for i in range(3)]
+    # Rounds of one step each, every other round in reverse order.
+    order = [0, 1, 2, 2, 1, 0] * 2
+    assert [(i, step) for i, step, _, _ in records] == [(i, order[:k].count(i)) for k, i in enumerate(order)]
     for (_, _, _, end), (_, _, start, _) in zip(records, records[1:]):
         assert end <= start  # one run's step at a time
     assert records[0][2] >= os.path.getmtime(tmp_path / "turns" / "ready.1")
@@ -54,7 +56,7 @@ def test_runs_alternate_step_by_step_and_never_overlap(tmp_path):
 
 def test_a_finished_run_gives_up_its_turns(tmp_path):
     records = _run_all(tmp_path, steps=[1, 3, 2], delays=[0.0, 0.0, 0.0])
-    assert [(i, step) for i, step, _, _ in records] == [(0, 0), (1, 0), (2, 0), (1, 1), (2, 1), (1, 2)]
+    assert [(i, step) for i, step, _, _ in records] == [(0, 0), (1, 0), (2, 0), (2, 1), (1, 1), (1, 2)]
 
 
 def test_a_dead_run_marked_done_passes_its_turn(tmp_path):
@@ -64,11 +66,17 @@ def test_a_dead_run_marked_done_passes_its_turn(tmp_path):
     for turns in (dead, alive):
         open(os.path.join(root, f"ready.{turns.index}"), "w").close()
     alive._write(1)
-    assert alive._next(alive.taken()) % 2 == 1  # run 1's turn
+    assert alive.owner(alive.taken()) == 1  # run 1's turn
     open(os.path.join(root, "done.1"), "w").close()
     alive.wait()  # returns: the dead run's turn passed on
     alive.hand_over()
-    assert alive._next(alive.taken()) % 2 == 0  # only run 0 is left: its turn again
+    assert alive.owner(alive._next(alive.taken())) == 0  # only run 0 is left: its turn again
+
+
+def test_the_order_is_reversed_every_other_round():
+    turns = Turns("/nonexistent", 0, 2)
+    assert [turns.owner(t) for t in range(8)] == [0, 1, 1, 0, 0, 1, 1, 0]
+    assert [Turns("/nonexistent", 0, 3).owner(t) for t in range(6)] == [0, 1, 2, 2, 1, 0]
 
 
 def test_env_spec(monkeypatch):
