@@ -128,7 +128,13 @@ PROMPTS, SAMPLES = 8, 8  # per step; the same 8 prompts every step, so mistakes 
 
 
 def train_argv(
-    task: dict, out_dir: str, steps: int, meds: bool = True, extra=(), save_steps: int | None = None, n_prompts=PROMPTS
+    task: dict,
+    out_dir: str,
+    steps: int,
+    meds: bool = True,
+    extra=(),
+    save_steps: int | None = None,
+    n_prompts: int = PROMPTS,
 ) -> list[str]:
     """`train_grpo --cpu` flags of `steps` GRPO steps on the SFT'd model, PROMPTS prompts a
     step, over the first `n_prompts` (a multiple of PROMPTS) of the task's prompts again and

@@ -77,8 +77,13 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
     def get(name):
         return getattr(flat, name, None)
 
-    if not config.enable and not config.diversity:
-        return  # plain OpenRLHF
+    if not config.enable and not config.diversity:  # plain OpenRLHF
+        if os.environ.get(TURNS_ENV):  # its trainer would ignore the turns, silently
+            raise SystemExit(
+                f"error: ${TURNS_ENV} (runs taking turns step by step) needs MEDS's trainer: keep "
+                f"--meds.diversity on with --meds.enable false, or unset {TURNS_ENV}"
+            )
+        return
     # The baseline with --meds.diversity still runs MEDS's engines (features, verdicts).
     off = "--meds.enable false" if config.enable else "--meds.diversity false"
     if not (get("reward.remote_url") or get("train.agent_func_path")):

@@ -10,10 +10,11 @@ leaves running behind it (a log flush, a warm-up) lands on both runs alike. The 
 runs MEDS on and off so (`openrlhf_meds.demo`).
 
 `OPENRLHF_MEDS_TURNS=<dir>:<index>:<count>` makes `train_grpo`'s trainer run `index` of
-`count` (`MedsPPOTrainer.fit`, sync training only). `<dir>` holds the shared state, written
-only by the run whose turn it is: `turn` (how many steps all runs have taken), `ready.<i>`
-(run i is about to start its first step), `done.<i>` (run i will take no more turns; also
-written by a supervisor for a run that died, so the others go on).
+`count` (`MedsPPOTrainer.fit`: sync training with MEDS's trainer only, checked at start-up).
+`<dir>` holds the shared state, written only by the run whose turn it is: `turn` (the number
+of the turn under way; turns of finished runs are skipped), `ready.<i>` (run i is about to
+start its first step), `done.<i>` (run i will take no more turns; also written by a
+supervisor for a run that died, so the others go on).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_env_spec(monkeypatch):
         Turns.from_env()
 
 
-def test_runs_taking_turns_need_sync_training(monkeypatch):
+def test_runs_taking_turns_need_meds_sync_trainer(monkeypatch):
     import argparse
 
     from openrlhf_meds.integration.openrlhf import check_openrlhf_args
@@ -101,3 +101,8 @@ def test_runs_taking_turns_need_sync_training(monkeypatch):
     monkeypatch.setenv(TURNS_ENV, "/tmp/turns:0:2")
     with pytest.raises(SystemExit, match=f"{TURNS_ENV}.*needs sync training: drop --train.async_enable"):
         check_openrlhf_args(flags, MedsConfig())
+    plain = argparse.Namespace(**{"reward.remote_url": None, "vllm.num_engines": 0})
+    with pytest.raises(SystemExit, match=f"{TURNS_ENV}.*needs MEDS's trainer: keep --meds.diversity on"):
+        check_openrlhf_args(plain, MedsConfig(enable=False, diversity=False))
+    monkeypatch.delenv(TURNS_ENV)
+    check_openrlhf_args(plain, MedsConfig(enable=False, diversity=False))  # plain OpenRLHF without turns
