@@ -23,6 +23,7 @@ import os
 import ray
 from openrlhf.trainer import ppo_trainer_async
 
+from . import shaped_filter
 from .eval_metrics import with_pass_at_k
 from .trainer import MedsTrainer, snapshot_dir
 
@@ -70,6 +71,11 @@ class MedsGenerateSamplesActor(plain(ppo_trainer_async.GenerateSamplesActor)):
         `memory` (None for the baseline): the MemoryClient whose checkpoint snapshots this
         actor takes."""
         self.meds_step, self.meds_memory = int(step), memory
+
+    def meds_shaped_filter(self, memory, filter_range):
+        """--meds.filter_metric shaped: this generator's dynamic filtering decides on the
+        MEDS-shaped rewards (integration/shaped_filter.py)."""
+        shaped_filter.install(self.samples_generator, memory, filter_range)
 
     def _snapshot_before_batch(self):
         """The memory snapshot of checkpoint s holds the groups of batches 0..s-1 only, as a

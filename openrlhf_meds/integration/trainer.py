@@ -7,7 +7,8 @@ One step, as `openrlhf_meds.train_grpo` wires it:
 2. `MedsExperienceMaker.compute_advantages_and_returns` fetches the penalties of the batch's
    groups and shapes the rewards (wrong: r - pen, correct: r / (1 + pen)) before OpenRLHF's
    own length penalties and group-normalised advantages; the raw `scores` stay untouched
-   (dynamic filtering and logging use them);
+   (dynamic filtering and logging use them; with `--meds.filter_metric shaped` the filter,
+   `shaped_filter.py`, fetched the penalties already and they come with the samples);
 3. `MedsPPOTrainer` adds `meds/*` metrics to the step's logs, tells the engines the step
    number, and saves / restores the memory with every checkpoint.
 
@@ -31,6 +32,7 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from ..meds.config import MedsConfig
 from ..meds.shaping import shape_rewards
 from ..memory.client import MemoryClient
+from . import shaped_filter
 from .rollout_actor import (
     DIVERSITY,
     GROUP_ID,
@@ -171,14 +173,24 @@ class MedsExperienceMaker(RemoteExperienceMaker):
                 "MEDS ones (openrlhf_meds.integration.rollout_actor); start training with openrlhf_meds.train_grpo"
             )
         gids = [g.long().tolist() for g, _, _ in tags]
-        wanted = sorted({g for batch in gids for g in batch if g >= 0})
+        # --meds.filter_metric shaped: the filter fetched these samples' penalties already.
+        carried = [
+            (e.info.pop(shaped_filter.PENALTY, None), e.info.pop(shaped_filter.CLUSTER_SIZE, None)) for e in experiences
+        ]
+        rescued = [e.info.pop(shaped_filter.RESCUED, None) for e in experiences]
+        wanted = sorted({g for batch, (p, _) in zip(gids, carried) if p is None for g in batch if g >= 0})
         results = dict(zip(wanted, self.memory.fetch(wanted))) if wanted else {}
         fetch_s = time.perf_counter() - t0
 
         raw, shaped, pens, sizes, verdicts = [], [], [], [], []
-        for e, (_, r, _), batch in zip(experiences, tags, gids):
+        lost_carried = set()  # groups the filter found lost (penalty NaN)
+        for e, (_, r, _), batch, (carried_pen, carried_size) in zip(experiences, tags, gids, carried):
             pen = np.zeros(len(batch))
             size = np.zeros(len(batch))
+            if carried_pen is not None:
+                pen, size = carried_pen.double().cpu().numpy(), carried_size.double().cpu().numpy()
+                lost_carried.update(g for g, p in zip(batch, pen) if np.isnan(p))
+                pen = np.nan_to_num(pen, nan=0.0)
             for j, (gid, i) in enumerate(zip(batch, r.long().tolist())):
                 result = results.get(gid)
                 if result is not None:
@@ -191,8 +203,12 @@ class MedsExperienceMaker(RemoteExperienceMaker):
             raw.append(rewards), shaped.append(new), pens.append(pen), sizes.append(size), verdicts.append(correct)
         raw, shaped, pens, sizes, correct_all = map(np.concatenate, (raw, shaped, pens, sizes, verdicts))
         has_feature = torch.cat([f.float() for _, _, f in tags])
-        lost = sum(1 for g in wanted if results[g] is None)
-        return {
+        lost = sum(1 for g in wanted if results[g] is None) + len(lost_carried)
+        metrics = {}
+        if any(x is not None for x in rescued):
+            # The share of the step's rollouts in groups that only the shaped filter kept.
+            metrics["meds/filter_rescued_frac"] = float(torch.cat([x.float() for x in rescued]).mean())
+        return metrics | {
             "meds/penalty_mean": float(pens.mean()),
             "meds/penalty_mean_penalized": float(pens[pens > 0].mean()) if (pens > 0).any() else 0.0,
             "meds/frac_penalized": float((pens > 0).mean()),
@@ -234,7 +250,15 @@ class MedsTrainer:
         else:
             algo = self.args.algo
             filter_range = list(algo.dynamic_filtering_range) if algo.dynamic_filtering_enable else None
-            ray.get([e.meds_setup.remote(memory, filter_range) for e in self.vllm_engines or []])
+            shaped = filter_range is not None and self.meds.enable and self.meds.filter_metric == "shaped"
+            # The engines keep the groups the raw-score filter will drop out of the memory; the
+            # shaped filter needs every group's penalties, so there they get no range.
+            engine_range = None if shaped else filter_range
+            ray.get([e.meds_setup.remote(memory, engine_range) for e in self.vllm_engines or []])
+            if shaped and self.generator is not None:  # async: the generator actor filters
+                ray.get(self.generator.meds_shaped_filter.remote(memory, filter_range))
+            elif shaped:
+                shaped_filter.install(self.samples_generator, memory, filter_range)
 
     def _engines_at_step(self, step: int, submit: bool = True):
         self.experience_maker.step = step

@@ -35,6 +35,7 @@ FEATURE_SOURCES = ("vllm", "actor")
 FEATURE_DTYPES = ("bf16", "float32")
 FEATURE_KINDS = ("logits", "semantic")
 MEMORY_PLACEMENTS = ("driver", "spread")
+FILTER_METRICS = ("raw", "shaped")
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,18 @@ class MedsConfig:
         "(they are not shaped); false keeps them out, as the reference does",
         "bool",
     )
+    filter_metric: str = _knob(
+        "raw",
+        "what OpenRLHF's dynamic filtering (--algo.dynamic_filtering_enable) decides on: raw (the official "
+        "run, filter_groups.metric=acc): the verifier's scores, a group whose mean score is outside "
+        "--algo.dynamic_filtering_range (all right or all wrong) is dropped before the memory sees it; "
+        "shaped (a variant, the official code's filter_groups.metric=seq_final_reward): the MEDS-shaped "
+        "rewards, every group enters the memory first and a group is dropped when its shaped rewards are "
+        "all equal, so an all-wrong group whose rollouts MEDS penalizes differently is kept (needs "
+        "--algo.dynamic_filtering_enable with the default range 0 1)",
+        "choice",
+        choices=FILTER_METRICS,
+    )
     snapshot_interval: int = _knob(
         10,
         "training steps between the MemoryActor's recovery snapshots; 0: only with training checkpoints",
@@ -404,6 +417,27 @@ CONFLICTS = (
         "with the actor source, features exist only for the groups that dynamic filtering kept; "
         "use --meds.feature_source vllm",
         knob_values=(True,),
+    ),
+    Conflict(
+        "filter_metric",
+        "enable",
+        (False,),
+        "without MEDS the shaped reward is the raw score; the baseline filters on raw scores",
+        knob_values=("shaped",),
+    ),
+    Conflict(
+        "filter_metric",
+        "feature_source",
+        ("actor",),
+        "with the actor source, features (hence penalties) exist only after dynamic filtering has run; "
+        "use --meds.feature_source vllm",
+        knob_values=("shaped",),
+    ),
+    Conflict(
+        "filtered_into_memory",
+        "filter_metric",
+        ("shaped",),
+        "the shaped filter needs every group's penalties, so every group enters the memory",
     ),
 )
 

@@ -37,3 +37,23 @@ def group_advantages(rewards, group_size: int, eps: float = 1e-6) -> np.ndarray:
     g = r.reshape(-1, group_size)
     std = g.std(axis=1, ddof=1, keepdims=True) if group_size > 1 else np.zeros((len(g), 1))
     return ((g - g.mean(axis=1, keepdims=True)) / (std + eps)).reshape(r.shape)
+
+
+def filter_keeps(scores, shaped_rewards, metric: str = "raw", filter_range=(0.0, 1.0)) -> bool:
+    """Whether DAPO dynamic filtering keeps one prompt group (`--meds.filter_metric`).
+
+    raw (the official run, filter_groups.metric=acc): OpenRLHF's rule on the verifier's scores,
+    `low < mean(scores) < high` with `filter_range = (low, high)`; with binary scores and the
+    range (0, 1) it drops exactly the all-right and all-wrong groups. shaped (the official
+    code's filter_groups.metric=seq_final_reward): the group is kept when its shaped rewards
+    are not all equal (their std > 0); the range is not used. A group whose rewards are all
+    equal gets zero advantages under group normalisation, so the shaped rule drops only groups
+    that would not train, and keeps an all-wrong group whose rollouts MEDS penalizes differently.
+    """
+    if metric == "raw":
+        low, high = filter_range
+        scores = [float(s) for s in scores]
+        return low < sum(scores) / len(scores) < high  # summed as SamplesGenerator._generate_vllm does
+    if metric == "shaped":
+        return bool(np.ptp(np.asarray(shaped_rewards, dtype=np.float64)) > 0)
+    raise ValueError(f"--meds.filter_metric: must be one of raw|shaped, got {metric!r}")

@@ -46,3 +46,5 @@ def test_openrlhf_async_internals_the_meds_trainer_relies_on():
         assert ours.__ray_metadata__.class_name.startswith("Meds")
     assert issubclass(async_trainer.MedsTrainingActor.__ray_metadata__.modified_class, MedsTrainer)
     assert "meds_setup" in async_trainer.MedsTrainingActor.__ray_metadata__.method_meta.methods
+    # --meds.filter_metric shaped: the generator actor wraps its own samples_generator.
+    assert "meds_shaped_filter" in async_trainer.MedsGenerateSamplesActor.__ray_metadata__.method_meta.methods

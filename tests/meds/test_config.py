@@ -48,6 +48,7 @@ def test_defaults_are_the_official_run():
         ({"snapshot_interval": -1}, "--meds.snapshot_interval"),
         ({"feature_source": "hf"}, "--meds.feature_source"),
         ({"filtered_into_memory": "yes"}, "--meds.filtered_into_memory"),
+        ({"filter_metric": "acc"}, "--meds.filter_metric"),
         ({"alpha": float("inf")}, "--meds.alpha"),
         ({"seed": -1}, "--meds.seed"),
         ({"memory_dir": None}, "--meds.memory_dir"),
@@ -235,6 +236,11 @@ REFUSED = [
     ("--meds.filtered_into_memory --meds.feature_source actor", "--meds.filtered_into_memory true",
      "--meds.feature_source actor"),
     ("--meds.embedding_model /enc", "--meds.embedding_model /enc", "--meds.features logits"),
+    ("--meds.filter_metric shaped --meds.enable false", "--meds.filter_metric shaped", "--meds.enable false"),
+    ("--meds.filter_metric shaped --meds.feature_source actor", "--meds.filter_metric shaped",
+     "--meds.feature_source actor"),
+    ("--meds.filter_metric shaped --meds.filtered_into_memory false", "--meds.filtered_into_memory false",
+     "--meds.filter_metric shaped"),
     *((f"--meds.features semantic --meds.embedding_model /enc {flag}", flag, "--meds.features semantic")
       for flag in ("--meds.layers 4", "--meds.layer_diff true", "--meds.logit_lens false",
                    "--meds.feature_dtype float32")),
@@ -252,7 +258,8 @@ def test_every_conflict_rule_is_exercised():
     assert pairs == {(f"--meds.{r.knob}", f"--meds.{r.other}") for r in CONFLICTS}
     found = helps()
     for r in CONFLICTS:  # the help says what the validation refuses
-        assert f"--meds.{r.other} {'|'.join(str(v) for v in r.other_values)}" in found[f"--meds.{r.knob}"]
+        values = "|".join(str(v).lower() if isinstance(v, bool) else str(v) for v in r.other_values)
+        assert f"--meds.{r.other} {values}" in found[f"--meds.{r.knob}"]
 
 
 def test_combinations_where_every_value_acts_are_accepted(tmp_path):
@@ -262,6 +269,8 @@ def test_combinations_where_every_value_acts_are_accepted(tmp_path):
     assert (c.knn_k, c.clustering) == (5, "hdbscan")
     assert parse(["--meds.assignment", "joint", "--meds.noise", "zero"]).assignment == "joint"
     assert parse(["--meds.filtered_into_memory", "--meds.feature_source", "vllm"]).filtered_into_memory is True
+    assert parse(["--meds.filter_metric", "shaped"]).filter_metric == "shaped"
+    assert parse(["--meds.filter_metric", "raw", "--meds.enable", "false"]).filter_metric == "raw"
     # The switches leave the other flags as they are, so one command line serves both runs.
     assert parse(["--meds.enable", "false", "--meds.alpha", "0.3", "--meds.knn_k", "5"]).alpha == 0.3
     assert parse(["--meds.target", "none", "--meds.alpha", "0.3"]).target == "none"
