@@ -1,6 +1,6 @@
 """openrlhf_meds: MEDS (Memory-Enhanced Dynamic reward Shaping) on OpenRLHF's Ray pipeline."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 # The algorithm layer (openrlhf_meds.meds) needs only these.
 CORE = ["numpy", "scipy", "numba", "hdbscan==0.8.44", "scikit-learn", "pyyaml", "tqdm", "torch"]
@@ -17,6 +17,9 @@ setup(
         "openrlhf_meds.cpu": ["startup/*.py", "fallback/flash_attn/*.py", "fallback/flash_attn/*/*.py"],
     },
     install_requires=CORE,
+    # The engine's per-step read of every row's newest token (engine/_scan.c); optional: where
+    # it does not build, engine/vllm_features.py falls back to the same loop in Python.
+    ext_modules=[Extension("openrlhf_meds.engine._scan", ["openrlhf_meds/engine/_scan.c"], optional=True)],
     # vLLM loads this in every process it starts: registers the MEDS model subclasses
     # (lazily: nothing is imported unless an engine asks for them), see docs/vllm-features.md.
     entry_points={"vllm.general_plugins": ["openrlhf_meds = openrlhf_meds.engine:register"]},

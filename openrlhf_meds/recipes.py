@@ -233,6 +233,10 @@ def _show_prompt(value) -> str:
     return json.dumps(value[0]) if value[1] is not None else value[0]
 
 
+def _show_engine_default(value) -> str:
+    return "vLLM's default for the engine's device (vllm.LLM's)" if value is None else _fmt(value)
+
+
 # setting id -> how it is read; the ids are what `--reason` names
 SETTINGS: dict[str, Callable[[Run], Setting]] = {
     "advantage": lambda r: Setting("advantage estimator", lambda r: r.o("algo.advantage.estimator")),
@@ -259,6 +263,7 @@ SETTINGS: dict[str, Callable[[Run], Setting]] = {
     "meds_filtered_into_memory": lambda r: Setting(
         "MEDS: filtered groups into memory", lambda r: r.meds["filtered_into_memory"]
     ),
+    "meds_filter_metric": lambda r: Setting("dynamic filtering on the", lambda r: f"{r.meds['filter_metric']} reward"),
     "kl_reward": lambda r: Setting(
         "KL in the reward (coef)",
         lambda r: 0.0 if r.o("algo.kl.use_loss") else float(r.o("algo.kl.init_coef")),
@@ -340,6 +345,16 @@ SETTINGS: dict[str, Callable[[Run], Setting]] = {
     ),
     "prompt": lambda r: Setting("prompt", _prompt, same=_prompt_same(r), show=_show_prompt, show_official=lambda v: v),
     "verifier": lambda r: Setting("verifier (reward file MODE)", _verifier),
+    # --vllm.max_num_seqs / max_num_batched_tokens: train_grpo's flags (integration.openrlhf)
+    "engine_max_num_seqs": lambda r: Setting(
+        "rollout engine: requests at once", lambda r: r.o("vllm.max_num_seqs"), show=_show_engine_default
+    ),
+    "engine_batched_tokens": lambda r: Setting(
+        "rollout engine: tokens per step", lambda r: r.o("vllm.max_num_batched_tokens"), show=_show_engine_default
+    ),
+    "engine_gpu_memory": lambda r: Setting(
+        "rollout engine: GPU memory share", lambda r: r.o("vllm.gpu_memory_utilization")
+    ),
 }
 
 _OFFICIAL_PROMPT = (
@@ -365,6 +380,7 @@ MEDS_RUN: dict[str, Any] = {
     "meds_noise": "cluster",
     "meds_memory_bound": 0,
     "meds_filtered_into_memory": False,
+    "meds_filter_metric": "raw reward",  # filter_groups.metric=acc
     "kl_reward": 0.0,
     "kl_loss": 0.0,
     "clip": (0.2, 0.28),
@@ -406,6 +422,10 @@ MEDS_RUN: dict[str, Any] = {
     "data": "DAPO-Math-17K (processed) + MATH (lighteval) levels 3-5, concatenated, not deduplicated",
     "prompt": _OFFICIAL_PROMPT,
     "verifier": "official",
+    # veRL's rollout defaults and the official run script: max_num_batched_tokens = prompt + response
+    "engine_max_num_seqs": 1024,
+    "engine_batched_tokens": 4096,
+    "engine_gpu_memory": 0.85,
 }
 _MEDS_KNOBS = [k for k in MEDS_RUN if k.startswith("meds_")]
 
@@ -417,7 +437,8 @@ def _without(run: dict[str, Any], keys) -> dict[str, Any]:
 # The baselines: the MEDS run with the values each official baseline run changes.
 DAPO_RUN = {**_without(MEDS_RUN, _MEDS_KNOBS), "meds": False}
 GRPO_RUN = {
-    **_without(DAPO_RUN, ["filter_refill", "lr_warmup_granularity"]),
+    # engine_batched_tokens: not recorded for the GRPO runs (their responses are longer)
+    **_without(DAPO_RUN, ["filter_refill", "lr_warmup_granularity", "engine_batched_tokens"]),
     "dynamic_filtering": None,
     "overlong": None,
     "clip": (0.2, 0.2),

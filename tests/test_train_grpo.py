@@ -60,6 +60,43 @@ def test_bad_meds_flags_name_the_flag(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_engine_batch_flags_reach_every_rollout_engine_factory():
+    """--vllm.max_num_seqs / --vllm.max_num_batched_tokens are train_grpo's own (OpenRLHF 0.11.2
+    has none): parsed, validated, and given to the rollout actor factory of every kind of run."""
+    from openrlhf_meds.cpu import patches
+    from openrlhf_meds.integration.openrlhf import ROLLOUT_ACTOR, engine_batch, replacements
+
+    patches.install()
+    flags = ["--vllm.max_num_seqs", "1024", "--vllm.max_num_batched_tokens", "4096"]
+    for extra in ([], ["--meds.enable", "false"], ["--meds.enable", "false", "--meds.diversity", "false"]):
+        ours, config, rest = parse([*flags, *extra])
+        assert not any(a.startswith("--vllm.max_num") for a in rest)  # OpenRLHF's parser would refuse them
+        batch = engine_batch(ours)
+        assert batch == {"max_num_seqs": 1024, "max_num_batched_tokens": 4096}
+        engines = replacements(config, batch=batch)[ROLLOUT_ACTOR].options(num_gpus=1)
+        assert engines.batch == batch and engines.opts == {"num_gpus": 1}
+        assert (engines.config is None) == (extra[-1:] == ["false"] and "--meds.diversity" in extra)
+    ours, config, _ = parse([])
+    assert engine_batch(ours) == {"max_num_seqs": None, "max_num_batched_tokens": None}  # vLLM's device default
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--vllm.max_num_seqs", "0"], "--vllm.max_num_seqs must be a positive integer, got '0'"),
+        (["--vllm.max_num_batched_tokens", "4k"], "--vllm.max_num_batched_tokens must be a positive integer"),
+        (
+            ["--vllm.max_num_seqs", "1024", "--vllm.max_num_batched_tokens", "512"],
+            "--vllm.max_num_batched_tokens (512) must be at least --vllm.max_num_seqs (1024)",
+        ),
+    ],
+)
+def test_bad_engine_batch_flags_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse(argv)
+    assert message in capsys.readouterr().err
+
+
 # Without CUDA, --help alone takes the --cpu path (OpenRLHF's script imports only under CPU
 # mode), so the two differ only on a GPU machine.
 HELP_ARGVS = [["--help"], ["--cpu", "--help"]] if torch.cuda.is_available() else [["--help"]]
@@ -80,6 +117,7 @@ def test_help_prints_the_meds_section_then_openrlhfs_flags(argv):
     assert "OpenRLHF's defaults differ in one place: --algo.advantage.estimator group_norm" in out  # the epilog
     assert "--algo.advantage.estimator {gae,reinforce,rloo,reinforce_baseline,group_norm" in out  # OpenRLHF's parser
     assert "--actor.model_name_or_path" in out
+    assert "--vllm.max_num_seqs VLLM.MAX_NUM_SEQS requests each rollout engine runs at once" in out
     assert out.index("--meds.preset") < out.index("usage: train_ppo_ray")  # ours first, then OpenRLHF's
 
 

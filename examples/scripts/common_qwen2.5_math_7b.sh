@@ -84,7 +84,9 @@ COMMON=(
   --logger.tensorboard_dir "$SAVE/tensorboard" --logger.logging_steps 1
   # the machines (no official value): 8 GPUs a node, everything colocated
   --actor.num_nodes "$NUM_NODES" --actor.num_gpus_per_node 8
-  --vllm.num_engines $((8 * NUM_NODES)) --vllm.tensor_parallel_size 1 --vllm.gpu_memory_utilization 0.6
+  --vllm.num_engines $((8 * NUM_NODES)) --vllm.tensor_parallel_size 1
+  # the official rollout engine: 1024 requests at once, 85% of the GPU (vLLM sleeps while DeepSpeed trains)
+  --vllm.max_num_seqs 1024 --vllm.gpu_memory_utilization 0.85
   --train.colocate_all --vllm.enable_sleep --ds.enable_sleep
   --ds.zero_stage 3 --ds.param_dtype bf16 --actor.gradient_checkpointing_enable --ds.packing_samples
   --rollout.micro_batch_size 16 --train.micro_batch_size 4
@@ -109,6 +111,7 @@ DAPO=(
   --algo.dynamic_filtering_enable --algo.dynamic_filtering_range 0.0 1.0
   --reward.overlong_buffer_len 512 --reward.overlong_penalty_factor 1.0
   --rollout.max_new_tokens 3072 --data.max_len 4096 # prompt <= 4096 - 3072 = 1024, cut on the left
+  --vllm.max_num_batched_tokens 4096                # an engine step: prompt + response tokens (official)
   --train.batch_size 256                            # 16 prompts x 16 rollouts: 32 updates a step
   --actor.adam.weight_decay 0.1
   --actor.lr_scheduler constant_with_warmup --actor.lr_warmup_ratio "$(warmup_ratio 10 256)"
@@ -129,6 +132,7 @@ GRPO=(
   --algo.kl.use_loss --algo.kl.init_coef 0.001 --algo.kl.estimator k3
   --ref.num_nodes "$NUM_NODES" --ref.num_gpus_per_node 8 # colocated with the actor
   --rollout.max_new_tokens 7168 --data.max_len 8192      # prompt <= 1024, cut on the left
+  --vllm.max_num_batched_tokens 8192                     # prompt + response, as the DAPO runs
   --train.batch_size 512                                 # 32 prompts x 16 rollouts: 16 updates a step
   --actor.adam.weight_decay 0.01
   --actor.lr_scheduler constant

@@ -10,7 +10,7 @@ RUN_NAME=${RUN_NAME:-grpo_entropy_qwen2.5_math_7b}
 source "$(dirname "$0")/common_qwen2.5_math_7b.sh"
 launch grpo_entropy "${REASONS[@]}" "${GRPO_REASONS[@]}" "${WARMUP_REASONS[@]}" -- "${GRPO[@]}" \
   --actor.dual_clip 10 \
-  --rollout.max_new_tokens 3072 --data.max_len 4096 \
+  --rollout.max_new_tokens 3072 --data.max_len 4096 --vllm.max_num_batched_tokens 4096 \
   --train.batch_size 256 \
   --actor.adam.weight_decay 0.1 \
   --actor.lr_scheduler constant_with_warmup --actor.lr_warmup_ratio "$(warmup_ratio 10 256)" \

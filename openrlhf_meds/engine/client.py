@@ -74,6 +74,36 @@ def engine_kwargs(model: str, config: MedsConfig, trust_remote_code: bool = Fals
     }
 
 
+def batch_limits(
+    tensor_parallel_size: int = 1,
+    max_num_seqs: int | None = None,
+    max_num_batched_tokens: int | None = None,
+    max_model_len: int | None = None,
+    enable_chunked_prefill: bool | None = None,
+) -> dict[str, int]:
+    """The `max_num_seqs` / `max_num_batched_tokens` a rollout engine is built with: the ones
+    given, else what `vllm.LLM` gets on this process's device (vLLM's own per-device table,
+    `EngineArgs.get_batch_defaults`, for `UsageContext.LLM_CLASS`: 1,024 / 16,384 on an
+    H100, 256 / 8,192 on an A100, 256 x TP / 4,096 x TP on a CPU).
+
+    Why: OpenRLHF builds its engines with `AsyncLLMEngine.from_engine_args`, whose usage
+    context has no row in that table, so an engine without these arguments falls back to
+    128 running requests and 2,048 batched tokens on any device. Run it in the engine's
+    process (it reads the device). Without chunked prefill, a prompt must fit one batch, so
+    the default batched tokens are at least `max_model_len` (as vLLM does)."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    batched, seqs = EngineArgs.get_batch_defaults(tensor_parallel_size)
+    if max_num_batched_tokens is None:
+        max_num_batched_tokens = batched[UsageContext.LLM_CLASS]
+        if enable_chunked_prefill is False and max_model_len:
+            max_num_batched_tokens = max(max_num_batched_tokens, max_model_len)
+    if max_num_seqs is None:
+        max_num_seqs = min(seqs[UsageContext.LLM_CLASS], max_num_batched_tokens)
+    return {"max_num_seqs": int(max_num_seqs), "max_num_batched_tokens": int(max_num_batched_tokens)}
+
+
 class EngineFeatures(NamedTuple):
     """Features of rollouts from an engine: `values` float32 [rollouts, feature_width] (NaN
     rows for rollouts without an answer) and `reprefilled` bool [rollouts], the rollouts

@@ -58,18 +58,22 @@ pipeline parallelism and sequence parallelism are refused here. The concatenatio
 
 from __future__ import annotations
 
+import operator
 import weakref
+from collections import deque
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from openrlhf.trainer.ray.vllm_worker_wrap import WorkerWrap
 from torch import nn
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
 from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from ..meds.answer import brace_candidacy
+from ..meds.answer import BraceScanner, brace_candidacy
 
 VLLM_SERIES = "0.29."
 EXTRA_ARG = "meds_target"  # SamplingParams.extra_args key of a re-prefill: (tag, y*)
@@ -96,7 +100,7 @@ def check_vllm_version(version: str | None = None) -> None:
 def shard_logits(
     hidden: torch.Tensor,
     weight: torch.Tensor,
-    targets: torch.Tensor,
+    targets: Sequence[int],
     start: int,
     end: int,
     bias: torch.Tensor | None = None,
@@ -104,16 +108,21 @@ def shard_logits(
     """One tensor-parallel rank's share of the per-layer logits `W_lm[y*] . h_k (+ bias)`.
 
     `hidden`: [rows, layers, H]; `weight` (and `bias`): this rank's lm_head rows, which hold
-    vocabulary ids `start .. end-1` in order; `targets`: [rows] y* ids. Returns float32
-    [rows, layers], zero for rows whose y* another rank owns: summing every rank's share
-    gives the logits.
+    vocabulary ids `start .. end-1` in order; `targets`: the rows' y* ids as Python ints.
+    Returns float32 [rows, layers], zero for rows whose y* another rank owns: summing every
+    rank's share gives the logits. The lm_head rows are taken by integer indexing (views),
+    so no index tensor travels from the host to the device (no blocking copy in a step).
     """
-    own = (targets >= start) & (targets < end)
-    local = torch.where(own, targets - start, 0)
-    logits = torch.einsum("rkh,rh->rk", hidden.float(), weight[local].float())
+    own = [start <= int(y) < end for y in targets]
+    zero = weight.new_zeros(weight.shape[1:])
+    rows = torch.stack([weight[int(y) - start] if o else zero for y, o in zip(targets, own)])
+    logits = torch.einsum("rkh,rh->rk", hidden.float(), rows.float())
     if bias is not None:
-        logits = logits + bias[local].float()[:, None]
-    return torch.where(own[:, None], logits, 0.0)
+        none = bias.new_zeros(())
+        logits = (
+            logits + torch.stack([bias[int(y) - start] if o else none for y, o in zip(targets, own)]).float()[:, None]
+        )
+    return logits
 
 
 class _MedsFeatures:
@@ -158,9 +167,9 @@ class _MedsFeatures:
         self.meds_rows = rows  # a view: only the rows a feature needs are ever copied
         return super().compute_logits(rows[:, -1].contiguous())
 
-    def meds_logits(self, hidden: torch.Tensor, y_star: torch.Tensor) -> torch.Tensor:
+    def meds_logits(self, hidden: torch.Tensor, y_star: Sequence[int]) -> torch.Tensor:
         """This rank's per-layer logits of `hidden` ([m, window, H] rows) for tokens `y_star`
-        ([m]): float32 [m, 2 * window] = `[raw | logit lens]`, each l_{L-w+1} .. l_L (the
+        (m ints): float32 [m, 2 * window] = `[raw | logit lens]`, each l_{L-w+1} .. l_L (the
         caller picks one; the final layer is the same in both)."""
         aux = hidden[:, :-1]
         normed = self.model.norm(aux.reshape(-1, aux.shape[-1])).view_as(aux) if aux.shape[1] else aux
@@ -169,28 +178,30 @@ class _MedsFeatures:
         return shard_logits(
             hidden,
             self.lm_head.weight,
-            y_star.to(hidden.device),
+            y_star,
             shard.org_vocab_start_index,
             shard.org_vocab_end_index,
             getattr(self.lm_head, "bias", None),
         )
 
-    def meds_batch_rows(self, index: list[int]) -> torch.Tensor:
-        """The [len(index), window, H] rows of these batch rows from the last compute_logits."""
+    def meds_batch_rows(self, index: Sequence[int]) -> torch.Tensor:
+        """A copy of the [len(index), window, H] rows of these batch rows from the last
+        compute_logits. Integer indexing (views) and one stack: no index tensor is built on
+        the host and copied to the device."""
         rows = self.meds_rows
         if rows is None or max(index) >= rows.shape[0]:
             raise RuntimeError(
-                f"MEDS features: batch rows {index} but compute_logits saw "
+                f"MEDS features: batch rows {list(index)} but compute_logits saw "
                 f"{None if rows is None else rows.shape[0]} rows (vLLM internals changed?)"
             )
-        return rows[index]
+        return torch.stack([rows[int(i)] for i in index])
 
     def meds_store(self, targets: dict[int, tuple[str, int]]) -> None:
         """Keep this rank's per-layer logits of the re-prefill rows in `targets` (row -> (tag,
         y*))."""
         index = sorted(targets)
-        y = torch.tensor([targets[i][1] for i in index])
-        for i, row in zip(index, self.meds_logits(self.meds_batch_rows(index), y)):
+        logits = self.meds_logits(self.meds_batch_rows(index), [targets[i][1] for i in index])
+        for i, row in zip(index, logits):
             self.meds_partials[targets[i][0]] = row
 
 
@@ -243,9 +254,11 @@ class _Capture:
     the latest exact and the latest fallback brace position p (response index). A candidate
     keeps its per-layer hidden rows [window, H] until the token after it (y*) is sampled,
     then only y* and its per-layer logits. Which candidate counts is decided when the
-    response is complete (the caller runs `answer_target` and asks for that p)."""
+    response is complete (the caller runs `answer_target` and asks for that p). `out` is the
+    request's live output token list; `live` whether the request is in the batch."""
 
-    def __init__(self):
+    def __init__(self, out: list[int]):
+        self.out, self.live, self.left = out, True, 0  # left: how many times it left the batch
         self.latest: dict[str, int | None] = {"exact": None, "fallback": None}
         self.hidden: dict[int, torch.Tensor] = {}  # p -> [window, H], y* not sampled yet
         self.logits: dict[int, tuple[int, torch.Tensor]] = {}  # p -> (y*, float32 [2 * window])
@@ -263,20 +276,89 @@ class _Capture:
         self.logits.pop(p, None)
         self.hidden[p] = hidden
 
+    def known(self) -> list[tuple[int, int]]:
+        """(p, y*) of the candidates whose y* is now in the output list."""
+        out = self.out
+        return [(p, out[p + 1]) for p in self.hidden if len(out) > p + 1 and out[p + 1] >= 0]
+
+
+def _resolve(model, pending: list[tuple[_Capture, int, int]]) -> None:
+    """Candidates (record, p, y*) whose y* is known: their hidden rows become per-layer logits,
+    all in one batch. An entry whose p has left the record since (a newer candidate of the same
+    rule, or an earlier entry for the same p) is skipped."""
+    todo, seen = [], set()
+    for record, p, y in pending:
+        if p in record.hidden and (id(record), p) not in seen:
+            seen.add((id(record), p))
+            todo.append((record, p, y))
+    if todo:
+        hidden = torch.stack([record.hidden.pop(p) for record, p, _ in todo])
+        for (record, p, y), row in zip(todo, model.meds_logits(hidden, [y for _, _, y in todo])):
+            record.logits[p] = (y, row)
+
+
+# Candidates whose y* is known are turned into logits this many at a time: one batch of GPU
+# work every few dozen candidates instead of one per candidate (a candidate's rows wait in the
+# meantime; a pop before then computes them itself).
+RESOLVE_BATCH = 128
+
+
+# A batch row's entry in the processor's last-token scan when it has no token to look at
+# (untagged, or a tagged request still prefilling): its "last token" is -1, never a brace.
+_NO_TOKEN = [-1]
+_LAST = operator.itemgetter(-1)
+
+
+def newest_tokens_py(rows: list[list[int]], out: np.ndarray) -> None:
+    """out[i] = rows[i][-1] for rows that are non-empty lists (the processor's rows always
+    are): the Python fallback of `engine/_scan.c` (built by `pip install`, optional)."""
+    out[: len(rows)] = np.fromiter(map(_LAST, rows), dtype=np.int64, count=len(rows))
+
+
+try:
+    from ._scan import newest_tokens
+except ImportError:  # the C helper did not build: the same in Python (~4x slower per step)
+    newest_tokens = newest_tokens_py
+
 
 class MedsFeatureProcessor(LogitsProcessor):
     """Maps batch rows to feature requests and, once per sampling step, has the model keep
     what they need: a re-prefill's per-layer logits, or a tagged generation's candidate
-    rows (in-stream capture). Leaves the logits unchanged."""
+    rows (in-stream capture). Leaves the logits unchanged.
+
+    A step costs no Python work per row: the newest token of every batch row is read in one
+    C-level pass over `slots` (each tagged row's live output list), and `BraceScanner` (a few
+    array operations over all rows) says which rows end at a brace candidate; only those,
+    candidates waiting for their y*, and rows joining the batch reach Python. Everything a
+    step needs (tokenizer, tables) is built here, when the engine starts.
+
+    Captures of requests that left the batch (finished, preempted or aborted) stay until the
+    caller pops them, the oldest `done_cap` of them at most: a capture nobody collects (an
+    aborted generation) is dropped once newer ones push it out, so a worker's memory is
+    bounded. A dropped capture that was still wanted is re-prefilled by the client."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        from transformers import AutoTokenizer
+
         self.model_key = id(vllm_config)
-        self.vllm_config = vllm_config
-        self.tokenizer = None  # loaded with the first tagged generation (brace rules)
+        config = vllm_config.model_config
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            config.tokenizer, revision=config.tokenizer_revision, trust_remote_code=config.trust_remote_code
+        )
+        self.scanner = BraceScanner(self.tokenizer)  # row i's state follows slots[i]
+        self.newest = np.empty(0, dtype=np.int64)  # each step's newest token of every row
+        max_seqs = getattr(getattr(vllm_config, "scheduler_config", None), "max_num_seqs", None) or 256
+        self.done_cap = 16 * max_seqs  # captures of requests that left the batch, not yet popped
+        self.done: deque[tuple[str, _Capture, int]] = deque()  # (tag, record, its departure number)
         # batch row -> (tag, y*, the request's live output token list): re-prefills
         self.targets: dict[int, tuple[str, int, list[int]]] = {}
-        # batch row -> (tag, the request's live output token list): tagged generations
-        self.captures: dict[int, tuple[str, list[int]]] = {}
+        self.tagged: dict[int, tuple[str, _Capture]] = {}  # batch row -> a tagged generation
+        self.slots: list[list[int]] = []  # batch row -> its output list once scanned, else _NO_TOKEN
+        # tagged rows not scanned yet -> their output length on joining: a new request until its
+        # first token, a resumed one (recomputed after preemption) until its next token
+        self.joining: dict[int, int] = {}
+        self.awaiting: set[_Capture] = set()  # live records with a candidate waiting for its y*
+        self.unresolved: list[tuple[_Capture, int, int]] = []  # (record, p, y*) to turn into logits
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
@@ -288,65 +370,146 @@ class MedsFeatureProcessor(LogitsProcessor):
         # step must be seen whatever the batch's sampling.
         return False
 
+    def _model(self):
+        model = _MODELS.get(self.model_key)
+        if model is None:
+            raise RuntimeError(
+                "MEDS feature requests reached an engine without a MEDS model: build it "
+                "with openrlhf_meds.engine.client.engine_kwargs"
+            )
+        return model
+
+    def _set_slot(self, row: int, out: list[int]) -> None:
+        if row >= len(self.slots):
+            self.slots.extend([_NO_TOKEN] * (row + 1 - len(self.slots)))
+        self.slots[row] = out
+
+    def _leave(self, row: int) -> None:
+        """A tagged request left this row (finished, preempted, aborted or replaced): its
+        candidates with a known y* become logits, and its record joins the bounded `done`."""
+        tag, record = self.tagged.pop(row)
+        self.slots[row] = _NO_TOKEN
+        self.joining.pop(row, None)
+        self.awaiting.discard(record)
+        model = self._model()
+        self._to_resolve(model, [(record, p, y) for p, y in record.known()])
+        record.live, record.left = False, record.left + 1
+        self.done.append((tag, record, record.left))
+        while len(self.done) > self.done_cap:
+            old_tag, old, left = self.done.popleft()
+            # only its latest departure counts: a request resumed after preemption leaves again
+            if not old.live and old.left == left and model.meds_captures.get(old_tag) is old:
+                del model.meds_captures[old_tag]
+
+    def _to_resolve(self, model, pending: list[tuple[_Capture, int, int]]) -> None:
+        self.unresolved += pending
+        if len(self.unresolved) >= RESOLVE_BATCH:
+            _resolve(model, self.unresolved)
+            self.unresolved = []
+
+    def _enter(self, row: int, tag: str, out: list[int]) -> None:
+        captures = self._model().meds_captures
+        record = captures.get(tag)  # a request resumed after preemption keeps its record
+        if record is None:
+            record = captures[tag] = _Capture(out)
+        record.out, record.live = out, True
+        self.tagged[row] = (tag, record)
+        self._set_slot(row, _NO_TOKEN)
+        self.joining[row] = len(out)
+        if record.hidden:
+            self.awaiting.add(record)
+
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         def new_target(params, _, output_ids):
             target = target_of(params)
             return None if target is None else (*target, output_ids)
 
-        def new_capture(params, _, output_ids):
-            tag = capture_of(params)
-            return None if tag is None else (tag, output_ids)
-
         process_dict_updates(self.targets, batch_update, new_target)
-        process_dict_updates(self.captures, batch_update, new_capture)
-        if self.captures and self.tokenizer is None:
-            from transformers import AutoTokenizer
+        if not batch_update:
+            return
+        # vLLM's order: removed, added, moved; an added or moved request may replace a row.
+        for row in batch_update.removed:
+            if row in self.tagged:
+                self._leave(row)
+        for row, params, _, output_ids in batch_update.added:
+            if row in self.tagged:
+                self._leave(row)
+            tag = capture_of(params)
+            if tag is not None:
+                self._enter(row, tag, output_ids)
+        for a, b, direction in batch_update.moved:
+            if direction != MoveDirectionality.SWAP and b in self.tagged:
+                self._leave(b)  # a -> b replaces b's request
+            self._swap(a, b)
+        # Rows past the batch are empty (vLLM condenses the batch): the scan reads exactly the rows.
+        size = batch_update.batch_size
+        for row in range(size, len(self.slots)):
+            if row in self.tagged:
+                self._leave(row)
+        del self.slots[size:]
+        self.slots.extend([_NO_TOKEN] * (size - len(self.slots)))
 
-            config = self.vllm_config.model_config
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                config.tokenizer, revision=config.tokenizer_revision, trust_remote_code=config.trust_remote_code
-            )
+    def _swap(self, a: int, b: int) -> None:
+        """Exchange rows a and b's state (a move a -> b when b holds nothing)."""
+        entries = {row: self.tagged.pop(row) for row in (a, b) if row in self.tagged}
+        for src, dst in ((a, b), (b, a)):
+            if src in entries:
+                self.tagged[dst] = entries[src]
+        self.slots.extend([_NO_TOKEN] * (max(a, b) + 1 - len(self.slots)))
+        self.slots[a], self.slots[b] = self.slots[b], self.slots[a]
+        self.scanner.swap(a, b)
+        joining = {row: self.joining.pop(row) for row in (a, b) if row in self.joining}
+        self.joining.update({b if row == a else a: n for row, n in joining.items()})
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         # Re-prefills: only rows still sampling their first token (the prefill's last chunk
         # overwrites earlier ones) end at the brace; a step after it would not.
-        pending = {row: (tag, y) for row, (tag, y, out) in self.targets.items() if not out}
-        if pending or self.captures:
-            model = _MODELS.get(self.model_key)
-            if model is None:
-                raise RuntimeError(
-                    "MEDS feature requests reached an engine without a MEDS model: build it "
-                    "with openrlhf_meds.engine.client.engine_kwargs"
-                )
+        if self.targets:
+            pending = {row: (tag, y) for row, (tag, y, out) in self.targets.items() if not out}
             if pending:
-                model.meds_store(pending)
-            if self.captures:
-                self._capture(model)
+                self._model().meds_store(pending)
+        if self.tagged:
+            self._capture(self._model(), logits.shape[0])
         return logits
 
-    def _capture(self, model) -> None:
+    def _capture(self, model, num_rows: int) -> None:
         """In-stream capture. This step's row of a request is its last token's: when that
         token is a brace candidate, keep the row (its y* is sampled from it right after);
         a candidate whose y* has since appeared becomes per-layer logits. Output lists
         hold -1 for tokens of async scheduling not known yet."""
-        resolve, fresh = [], []
-        for row, (tag, out) in self.captures.items():
-            record = model.meds_captures.get(tag)
-            if record is not None:
-                resolve += [(record, p, out[p + 1]) for p in record.hidden if len(out) > p + 1 and out[p + 1] >= 0]
-            if out and out[-1] >= 0:
+        fresh = []
+        for row, joined_at in list(self.joining.items()) if self.joining else ():
+            out = self.tagged[row][1].out
+            if len(out) > joined_at:  # its first new token: from now on the scan follows it
+                del self.joining[row]
+                self.scanner.reset(row, out[-self.scanner.context - 1 : -1])
+                self.slots[row] = out
+            elif out and out[-1] >= 0:  # resumed, recomputing: each chunk's row until the last one's
                 kinds = brace_candidacy(out, self.tokenizer)
                 if any(kinds):
-                    fresh.append((row, tag, len(out) - 1, kinds))
-        if resolve:
-            hidden = torch.stack([record.hidden.pop(p) for record, p, _ in resolve])
-            logits = model.meds_logits(hidden, torch.tensor([y for _, _, y in resolve]))
-            for (record, p, y), row in zip(resolve, logits):
-                record.logits[p] = (y, row)
+                    fresh.append((row, self.tagged[row][1], len(out) - 1, kinds))
+        if self.awaiting:
+            resolve = []
+            for record in list(self.awaiting):
+                known = record.known()
+                resolve += [(record, p, y) for p, y in known]
+                if len(known) == len(record.hidden):
+                    self.awaiting.discard(record)
+            self._to_resolve(model, resolve)
+        slots = self.slots if len(self.slots) <= num_rows else self.slots[:num_rows]  # as many, but for a dummy run
+        if len(self.newest) < len(slots):
+            self.newest = np.empty(2 * len(slots), dtype=np.int64)
+        newest_tokens(slots, self.newest)
+        rows, flags = self.scanner.step(self.newest[: len(slots)])
+        exact, fallback = BraceScanner.EXACT, BraceScanner.FALLBACK
+        for row, kind in zip(rows.tolist(), flags.tolist()):
+            record = self.tagged[row][1]
+            fresh.append((row, record, len(record.out) - 1, (bool(kind & exact), bool(kind & fallback))))
         if fresh:
-            hidden = model.meds_batch_rows([row for row, *_ in fresh]).clone()
-            for (_, tag, p, kinds), rows in zip(fresh, hidden):
-                model.meds_captures.setdefault(tag, _Capture()).add(p, kinds, rows)
+            hidden = model.meds_batch_rows([row for row, *_ in fresh])
+            for (_, record, p, kinds), candidate_rows in zip(fresh, hidden):
+                record.add(p, kinds, candidate_rows)
+                self.awaiting.add(record)
 
 
 class MedsWorkerWrap(WorkerWrap):
@@ -361,6 +524,12 @@ class MedsWorkerWrap(WorkerWrap):
         if not found:
             return found, []
         return found, torch.stack([partials.pop(tag) for tag in found]).cpu().tolist()
+
+    def meds_held(self) -> dict[str, bool]:
+        """The in-stream captures this rank holds: {tag: whether its request is still in the
+        batch} (those that left wait for `meds_pop_captures`, the oldest dropped past the
+        processor's `done_cap`)."""
+        return {tag: record.live for tag, record in self.model_runner.get_model().meds_captures.items()}
 
     def meds_pop_captures(self, tags: list[str], wanted: dict[str, list[int]]):
         """This rank's in-stream partial features: for each `tag -> [p, y*]` in `wanted`
@@ -378,11 +547,13 @@ class MedsWorkerWrap(WorkerWrap):
                 if record.logits[p][0] == y_star:
                     found.append(tag)
                     rows.append(record.logits[p][1])
-            elif p in record.hidden:  # y* was the request's last token: never seen in a step
-                late.append((tag, record.hidden[p], y_star))
+            elif p in record.hidden:  # y* not resolved yet (a batch not full) or the final token
+                known = record.out[p + 1] if len(record.out) > p + 1 else -1
+                if known < 0 or known == y_star:  # -1: the final token, or async's placeholder
+                    late.append((tag, record.hidden[p], y_star))
         if late:
             hidden = torch.stack([h for _, h, _ in late])
-            logits = model.meds_logits(hidden, torch.tensor([y for _, _, y in late]))
+            logits = model.meds_logits(hidden, [y for _, _, y in late])
             found += [tag for tag, _, _ in late]
             rows += list(logits)
         if not found:

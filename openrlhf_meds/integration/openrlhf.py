@@ -42,11 +42,55 @@ REPLACED = {
     "trainer.MedsPPOTrainer",
     PPO_TRAINER_ASYNC: "--train.async_enable, MEDS or --meds.diversity on: the same factory, then "
     "async_trainer.MedsPPOTrainerAsync (its generator numbers the batches' memory steps)",
-    ROLLOUT_ACTOR: "--meds.feature_source vllm: rollout_actor.MedsEngines (engines emit features, feed the memory "
-    "and the train/div/* metrics)",
+    ROLLOUT_ACTOR: "always: rollout_actor.RolloutEngines, engines at full batch (--vllm.max_num_seqs, "
+    "--vllm.max_num_batched_tokens); with --meds.feature_source vllm (MEDS or --meds.diversity on) MEDS's engines, "
+    "which emit features and feed the memory and the train/div/* metrics",
     POLICY_ACTOR: "--meds.feature_source actor: actor_features.MedsPolicyModelActor (features in the log-prob "
     "forward); --entropy_adv.coef > 0: entropy_advantage.policy_actor on top of the class in use (the advantage bonus)",
 }
+
+
+# Flags this entry point adds to OpenRLHF's --vllm.* group: each rollout engine's batch limits.
+# OpenRLHF 0.11.2 has none, and its engines fall back to vLLM's 128 / 2,048 (engine.client.batch_limits).
+ENGINE_BATCH_FLAGS = {
+    "max_num_seqs": "requests each rollout engine runs at once (default: what vllm.LLM uses on the engine's "
+    "device: 1024 on an H100/H200, 256 on an A100; the official MEDS run: 1024)",
+    "max_num_batched_tokens": "tokens one engine step may hold, prefill chunks included (default: vllm.LLM's on "
+    "the engine's device: 16384 on an H100/H200, 8192 on an A100; the official MEDS run: prompt + response = 4096)",
+}
+
+
+def add_engine_batch_args(parser: argparse.ArgumentParser) -> None:
+    """`--vllm.max_num_seqs`, `--vllm.max_num_batched_tokens` (positive ints, default None)."""
+
+    def positive(flag):
+        def parse(text: str) -> int:
+            try:
+                value = int(text)
+            except ValueError:
+                value = 0
+            if value < 1:
+                raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
+            return value
+
+        return parse
+
+    group = parser.add_argument_group("rollout engines at full batch (OpenRLHF has no flag for these)")
+    for name, help in ENGINE_BATCH_FLAGS.items():
+        group.add_argument(f"--vllm.{name}", type=positive(f"--vllm.{name}"), default=None, help=help)
+
+
+def engine_batch(args: argparse.Namespace) -> dict[str, int | None]:
+    """The engine batch flags parsed by `add_engine_batch_args`, as {name: value}; ValueError
+    naming the flags when a step could not hold the running requests."""
+    batch = {name: getattr(args, f"vllm.{name}") for name in ENGINE_BATCH_FLAGS}
+    seqs, tokens = batch["max_num_seqs"], batch["max_num_batched_tokens"]
+    if seqs is not None and tokens is not None and tokens < seqs:
+        raise ValueError(
+            f"--vllm.max_num_batched_tokens ({tokens}) must be at least --vllm.max_num_seqs ({seqs}): "
+            "every running request decodes one token per step"
+        )
+    return batch
 
 
 def _installed_version(package: str) -> str | None:
@@ -124,15 +168,31 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
         raise SystemExit("error: --meds.eval_before_training needs the validation data: pass --eval.dataset")
     if config.feature_source == "vllm" and not get("vllm.num_engines"):
         raise SystemExit("error: --meds.feature_source vllm needs vLLM engines (--vllm.num_engines >= 1)")
+    if config.filter_metric == "shaped":  # MedsConfig refuses it with MEDS off
+        if not get("algo.dynamic_filtering_enable"):
+            raise SystemExit(
+                "error: --meds.filter_metric shaped chooses what dynamic filtering decides on: pass "
+                "--algo.dynamic_filtering_enable, or drop --meds.filter_metric"
+            )
+        if tuple(map(float, get("algo.dynamic_filtering_range") or (0, 1))) != (0.0, 1.0):
+            raise SystemExit(
+                "error: --algo.dynamic_filtering_range is not used by --meds.filter_metric shaped (a group "
+                "is dropped when its shaped rewards are all equal): keep the default 0 1, or use "
+                "--meds.filter_metric raw"
+            )
 
 
-def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]:
-    """The objects that stand in for `REPLACED` names in this run, as {dotted name: object}."""
+def replacements(config: MedsConfig, dry_run: bool = False, batch: dict | None = None) -> dict[str, object]:
+    """The objects that stand in for `REPLACED` names in this run, as {dotted name: object}.
+    `batch`: the engines' batch limits (`engine_batch`; default: vLLM's for the device)."""
     from openrlhf.utils import config as openrlhf_config
 
     hierarchize = openrlhf_config.hierarchize
+    batch = batch or dict.fromkeys(ENGINE_BATCH_FLAGS)
 
     def checked_hierarchize(flat):
+        for name, value in batch.items():  # shown with OpenRLHF's --vllm.* flags (dry run, recipes)
+            setattr(flat, f"vllm.{name}", value)
         check_openrlhf_args(flat, config)
         if dry_run:
             print(json.dumps({"openrlhf": vars(flat), "meds": config.to_dict()}, indent=1, default=str))
@@ -142,14 +202,18 @@ def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]
     from openrlhf.trainer import ppo_trainer
 
     from .eval_metrics import with_pass_at_k
+    from .rollout_actor import RolloutEngines
 
-    replace = {HIERARCHIZE: checked_hierarchize, EVAL_METRICS: with_pass_at_k(ppo_trainer.compute_eval_metrics)}
+    replace = {
+        HIERARCHIZE: checked_hierarchize,
+        EVAL_METRICS: with_pass_at_k(ppo_trainer.compute_eval_metrics),
+        ROLLOUT_ACTOR: RolloutEngines(batch),
+    }
     if not config.enable and not config.diversity:
         return replace  # plain OpenRLHF
 
     from ..memory.client import MemoryClient
     from .async_trainer import MedsPPOTrainerAsync
-    from .rollout_actor import MedsEngines
     from .trainer import MedsPPOTrainer
 
     def start_trainer(trainer_cls, *args, **kwargs):
@@ -170,7 +234,7 @@ def replacements(config: MedsConfig, dry_run: bool = False) -> dict[str, object]
     replace[PPO_TRAINER] = SimpleNamespace(remote=partial(start_trainer, MedsPPOTrainer))
     replace[PPO_TRAINER_ASYNC] = SimpleNamespace(remote=partial(start_trainer, MedsPPOTrainerAsync))
     if config.feature_source == "vllm":
-        replace[ROLLOUT_ACTOR] = MedsEngines(config)
+        replace[ROLLOUT_ACTOR] = RolloutEngines(batch, config)
     else:
         from .actor_features import MedsPolicyModelActor
 

@@ -25,6 +25,7 @@ from openrlhf.trainer.ray.vllm_engine import RolloutRayActor
 
 from ..meds.config import MedsConfig
 from ..memory.client import MemoryClient
+from .nodes import ensure_engine_nodes
 
 # Per-sample tags put in each response's extra_logs (OpenRLHF turns them into Experience.info).
 GROUP_ID, ROLLOUT, HAS_FEATURE = "meds_group_id", "meds_rollout", "meds_has_feature"
@@ -81,8 +82,38 @@ def response_ids(response: dict) -> tuple[list[int], list[int]]:
     return list(tokens[:start]), list(tokens[start:end])
 
 
+class _FullBatchRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
+    """OpenRLHF's rollout actor whose engine runs at full batch: `batch` = the
+    `--vllm.max_num_seqs` / `--vllm.max_num_batched_tokens` given (None: what `vllm.LLM` gets
+    on the engine's device, `engine.client.batch_limits`), resolved here, in the engine's
+    process, where the device is known. Prints what the created engine's scheduler got."""
+
+    async def __init__(self, *args, batch: dict, **kwargs):
+        from ..engine.client import batch_limits
+
+        kwargs.update(
+            batch_limits(
+                kwargs.get("tensor_parallel_size") or 1,
+                batch.get("max_num_seqs"),
+                batch.get("max_num_batched_tokens"),
+                kwargs.get("max_model_len"),
+                kwargs.get("enable_chunked_prefill"),
+            )
+        )
+        await super().__init__(*args, **kwargs)
+        scheduler = self.llm.vllm_config.scheduler_config
+        print(
+            f"rollout engine: max_num_seqs={scheduler.max_num_seqs}, "
+            f"max_num_batched_tokens={scheduler.max_num_batched_tokens}",
+            flush=True,
+        )
+
+
+RolloutActor = ray.remote(_FullBatchRolloutActor)
+
+
 @ray.remote
-class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
+class MedsRolloutActor(_FullBatchRolloutActor):
     """RolloutRayActor + MEDS: features and memory submission per finished prompt group."""
 
     async def __init__(self, *args, meds: dict, **kwargs):
@@ -197,16 +228,25 @@ class MedsRolloutActor(RolloutRayActor.__ray_metadata__.modified_class):
         return tags
 
 
-class MedsEngines:
+class RolloutEngines:
     """Stands in for RolloutRayActor inside OpenRLHF's create_vllm_engines, which calls
-    `RolloutRayActor.options(...).remote(**engine_args)`: starts MedsRolloutActors built
-    with this MEDS config."""
+    `RolloutRayActor.options(...).remote(**engine_args)`: starts rollout actors at full batch
+    (`batch`: {"max_num_seqs", "max_num_batched_tokens"}, None values for vLLM's device
+    defaults), MedsRolloutActors when a MEDS config is given (MEDS or --meds.diversity on
+    with the vllm feature source), OpenRLHF's own actor otherwise."""
 
-    def __init__(self, config: MedsConfig, options: dict | None = None):
-        self.config, self.opts = config, options or {}
+    def __init__(self, batch: dict, config: MedsConfig | None = None, options: dict | None = None):
+        self.batch, self.config, self.opts = dict(batch), config, options or {}
 
-    def options(self, **options) -> MedsEngines:
-        return MedsEngines(self.config, options)
+    def options(self, **options) -> RolloutEngines:
+        return RolloutEngines(self.batch, self.config, options)
 
     def remote(self, *args, **kwargs):
-        return MedsRolloutActor.options(**self.opts).remote(*args, meds=self.config.to_dict(), **kwargs)
+        if self.config is None:
+            return RolloutActor.options(**self.opts).remote(*args, batch=self.batch, **kwargs)
+        # Before the engine: a node without the MEDS vLLM plugin is an error naming it here, not an
+        # unsupported-architecture error deep inside the engine.
+        ensure_engine_nodes(self.opts.get("scheduling_strategy"))
+        return MedsRolloutActor.options(**self.opts).remote(
+            *args, batch=self.batch, meds=self.config.to_dict(), **kwargs
+        )

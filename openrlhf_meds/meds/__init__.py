@@ -3,9 +3,21 @@ per-prompt error memory, clustering, penalties, configuration and per-model pres
 
 from .answer import answer_target
 from .config import MedsConfig, add_meds_args, config_from_args, list_presets, load_preset, resolve_config
-from .features import feature_width, layer_logit_features, response_features
 from .memory import ErrorMemory
-from .shaping import group_advantages, penalties, shape_rewards
+from .shaping import filter_keeps, group_advantages, penalties, shape_rewards
+
+_FEATURES = ("feature_width", "layer_logit_features", "response_features")
+
+
+def __getattr__(name: str):
+    # The feature extractors need torch; a memory shard (which imports this package) does not,
+    # so they are imported on first use: ~190 MiB less per shard process.
+    if name in _FEATURES:
+        from . import features
+
+        return getattr(features, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "answer_target",
@@ -22,4 +34,5 @@ __all__ = [
     "penalties",
     "shape_rewards",
     "group_advantages",
+    "filter_keeps",
 ]

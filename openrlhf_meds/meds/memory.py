@@ -1,10 +1,11 @@
 """The per-prompt error memory of MEDS (spec §2-3).
 
-Each key `(prompt_key, correct)` stores the feature vectors of its past rollouts (float32),
-the cluster labels of its last clustering and, when the caller passes them, each rollout's
-final answer (an int32 id into one table of answer strings per memory; the answers never
-change a penalty, they let `stats()` and `openrlhf_meds.tools.inspect_memory` say what the
-clusters hold). One training step, per key:
+Each key `(prompt_key, correct)` stores the feature vectors of its past rollouts (float32,
+or their bfloat16 bits when they are bfloat16 numbers), the cluster labels of its last
+clustering and, when the caller passes them, each rollout's final answer (an int32 id into
+one table of answer strings per memory; the answers never change a penalty, they let
+`stats()` and `openrlhf_meds.tools.inspect_memory` say what the clusters hold). One
+training step, per key:
 1. assign: each new vector votes among its k nearest stored vectors (cosine, raw vectors)
    for a label of the previous clustering; |C| is the number of stored vectors with it;
 2. append the new vectors;
@@ -17,11 +18,19 @@ What we do beyond the reference, without changing its results:
 - `assign` and `recluster` are separate calls, so a service can answer a prompt group at
   once and re-cluster in the background; a key with pending appends is re-clustered before
   its next assignment, so the results never depend on when `recluster` ran;
-- bad features are rejected per rollout with a counted reason; checkpoints are atomic.
+- bad features are rejected per rollout with a counted reason; checkpoints are atomic;
+- vectors whose values are all bfloat16 numbers (the default `--meds.feature_dtype`) are
+  stored as their 16 high bits, half the bytes, bit-exact (`pack_vectors`);
+- `freeze()` captures the memory in O(keys) (arrays are replaced, never changed in place),
+  so a service can save it in another thread while it goes on assigning;
+- a memory file can be a *tail*: another memory file plus the prompt groups assigned after
+  it (`save_tail`); `load` replays them, so a checkpoint costs a small file when an earlier
+  full file exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -38,7 +47,10 @@ from .diversity import adjusted_rand_index
 from .shaping import penalties as compute_penalties
 
 FORMAT = "openrlhf_meds.error_memory"
-VERSION = 1
+VERSION = 2  # 2: the vectors may be saved as bfloat16 bits ("vectors_bf16"); version 1 files load too
+TAIL_FORMAT = "openrlhf_meds.error_memory_tail"
+TAIL_VERSION = 1
+MAX_TAIL_DEPTH = 64  # a tail's base may be a tail itself; a longer chain is refused (a cycle)
 
 # Why a rollout was not stored (counted in stats()["rejected"]).
 REJECT_REASONS = ("no_feature", "nan", "inf", "zero_vector")
@@ -51,22 +63,49 @@ NO_ANSWER = -2  # the rollout had no final answer (None)
 MAX_ANSWER_CHARS = 64
 
 
-class _Key:
-    """One key's memory: vectors, their answer ids, labels of the last clustering, its MST."""
+def pack_vectors(x: np.ndarray) -> np.ndarray:
+    """Rows of float32 vectors as the memory stores them: the high 16 bits of each value
+    (uint16) when every value is a bfloat16 number (its low 16 bits are zero, as for the
+    default bf16-rounded features), else float32 unchanged. `unpack_vectors` gives back the
+    same bits, so nothing computed from them changes."""
+    x = np.ascontiguousarray(x, np.float32)
+    bits = x.view(np.uint32)
+    if (bits & np.uint32(0xFFFF)).any():
+        return x
+    return (bits >> np.uint32(16)).astype(np.uint16)
 
-    __slots__ = ("vectors", "answers", "labels", "mst", "step", "at_step_start", "agreement")
+
+def unpack_vectors(data: np.ndarray) -> np.ndarray:
+    """The float32 vectors of `pack_vectors` output."""
+    if data.dtype == np.uint16:
+        return (data.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return data
+
+
+class _Key:
+    """One key's memory: vectors, their answer ids, labels of the last clustering, its MST.
+
+    Arrays are replaced, never changed in place: `ErrorMemory.freeze` relies on it."""
+
+    __slots__ = ("data", "answers", "labels", "mst", "step", "at_step_start", "summary")
 
     def __init__(self, dim: int):
-        self.vectors = np.empty((0, dim), np.float32)
+        self.data = np.empty((0, dim), np.uint16)  # the vectors as stored (`pack_vectors`)
         self.answers = np.empty(0, np.int32)  # one id per vector (UNKNOWN_ANSWER, NO_ANSWER or >= 0)
-        # (labels, cluster-answer agreement) cached by stats() until the labels change.
-        self.agreement: tuple[np.ndarray, float | None] | None = None
+        # (labels, clusters, noise points, cluster-answer agreement), cached by stats() until
+        # the labels change.
+        self.summary: tuple[np.ndarray, int, int, float | None] | None = None
         self.labels: np.ndarray | None = np.empty(0, np.int32)  # None: appended since
         self.mst: np.ndarray | None = np.empty(0, np.int32)  # MST of the first len(mst) rows
         # The step that last assigned to this key, and (vectors, labels) as they were when
         # it began: a second group of the same prompt in that step is assigned against them.
         self.step: int | None = None
         self.at_step_start: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The stored vectors, float32 [n, d]."""
+        return unpack_vectors(self.data)
 
 
 def _package_labels(xn: np.ndarray, approx: bool) -> np.ndarray:
@@ -201,6 +240,14 @@ class ErrorMemory:
                 done += 1
         return done
 
+    def pending(self) -> list[tuple]:
+        """The keys whose penalties will need a re-clustering (targeted, appended since their
+        last one): `recluster(memory.pending())` labels everything the next assignments use,
+        and nothing else (untargeted keys are never clustered)."""
+        if self.config.clustering == "single":  # the count-based ablation uses no labels
+            return []
+        return [k for k, m in self.keys.items() if m.labels is None and self._targeted(k[1])]
+
     # ------------------------------------------------------------------ internals
 
     def _begin_step(self, step: int):
@@ -215,7 +262,7 @@ class ErrorMemory:
             self._latest_step = step
 
     def _view(self, key: tuple, mem: _Key, step: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(stored vectors, their labels) that a new rollout of `key` is assigned against."""
+        """(stored vectors as packed, their labels) that a new rollout of `key` is assigned against."""
         if step is not None and mem.step is not None:
             if step < mem.step:
                 raise ValueError(
@@ -230,9 +277,9 @@ class ErrorMemory:
             self._cluster(mem)
         if step is not None:
             mem.step = step
-            mem.at_step_start = (mem.vectors, mem.labels)
+            mem.at_step_start = (mem.data, mem.labels)
             self._step_keys.append(key)
-        return mem.vectors, mem.labels
+        return mem.data, mem.labels
 
     def check(self, prompt_keys, features, correct, answers: Sequence[str | None] | None = None):
         """Validate one call's inputs (clear errors, nothing changed); returns (keys list,
@@ -308,10 +355,10 @@ class ErrorMemory:
         return target == "both" or (target == "wrong" and not correct) or (target == "right" and correct)
 
     def _sizes(
-        self, vectors: np.ndarray, stored_labels: np.ndarray | None, new: np.ndarray, mem: _Key | None = None
+        self, data: np.ndarray, stored_labels: np.ndarray | None, new: np.ndarray, mem: _Key | None = None
     ) -> np.ndarray:
         cfg = self.config
-        stored = len(vectors)
+        stored = len(data)
         if cfg.clustering == "single":  # count-based ablation: one cluster per key
             return np.full(len(new), stored, np.int64)
         if stored == 0:
@@ -320,6 +367,7 @@ class ErrorMemory:
         if cfg.clustering == "random":  # ablation: the cluster of a random stored vector
             return self._label_sizes(stored_labels[self._rng.integers(0, stored, len(new))], counts)
         k = min(cfg.knn_k, stored)
+        vectors = unpack_vectors(data)
         neighbours = _cosine_topk(vectors, new, k)
         labels, ambiguous = _vote(stored_labels[neighbours], counts)
         if ambiguous.any() and cfg.clustering == "exact":
@@ -328,7 +376,7 @@ class ErrorMemory:
             # copy a point joins) or > 60 dims; package_numbering gives the package's numbers
             # where a tie depends on them (tie_replays / tie_fallbacks in the stats).
             self.counters["vote_ties"] += int(ambiguous.sum())
-            mst = mem.mst if mem is not None and vectors is mem.vectors else None
+            mst = mem.mst if mem is not None and data is mem.data else None
             votes = stored_labels[neighbours[ambiguous]]
             ref = package_numbering(normalize_rows(vectors), stored_labels, votes, mst, self.counters)
             if ref is not None:
@@ -343,15 +391,19 @@ class ErrorMemory:
         return sizes
 
     def _append(self, mem: _Key, new: np.ndarray, answer_ids: np.ndarray):
-        mem.vectors = np.concatenate([mem.vectors, new.astype(np.float32)])
+        new = pack_vectors(new)
+        if new.dtype == mem.data.dtype:
+            mem.data = np.concatenate([mem.data, new])
+        else:  # a value that is no bfloat16: the key is stored as float32 from now on
+            mem.data = np.concatenate([unpack_vectors(mem.data), unpack_vectors(new)])
         mem.answers = np.concatenate([mem.answers, answer_ids.astype(np.int32)])
         mem.labels = None
         bound = self.config.memory_bound
-        if bound and len(mem.vectors) > bound:
+        if bound and len(mem.data) > bound:
             # Evict the oldest vectors; the spanning tree is rebuilt at the next clustering.
             # (Their answers stay in the table: other vectors may share them.)
-            self.counters["evicted"] += len(mem.vectors) - bound
-            mem.vectors = mem.vectors[-bound:].copy()
+            self.counters["evicted"] += len(mem.data) - bound
+            mem.data = mem.data[-bound:].copy()
             mem.answers = mem.answers[-bound:].copy()
             mem.mst = None
 
@@ -368,53 +420,53 @@ class ErrorMemory:
     def stats(self) -> dict:
         """Counters and memory shape, for logging (all plain numbers).
 
-        `cluster_answer_agreement`: the mean over clustered keys of `_agreement` (the
-        adjusted Rand index between a key's cluster labels and its stored answers), over the
-        `cluster_answer_agreement_keys` keys where it is defined; 0.0 when none is.
+        `cluster_answer_agreement`: the mean over clustered keys of their agreement
+        (`_summary`: the adjusted Rand index between a key's cluster labels and its stored
+        answers), over the `cluster_answer_agreement_keys` keys where it is defined; 0.0 when
+        none is.
         `bytes_per_vector` counts the arrays and the answer table (its strings' UTF-8 bytes
         plus an 8-byte offset each, as saved)."""
         clustered = [m for m in self.keys.values() if m.labels is not None and len(m.labels)]
-        vectors = sum(len(m.vectors) for m in self.keys.values())
+        vectors = sum(len(m.data) for m in self.keys.values())
         nbytes = sum(
-            m.vectors.nbytes
+            m.data.nbytes
             + m.answers.nbytes
             + (m.labels.nbytes if m.labels is not None else 0)
             + (m.mst.nbytes if m.mst is not None else 0)
             for m in self.keys.values()
         )
         nbytes += self._answer_bytes + 8 * len(self.answer_table)
-        agreement = [a for a in map(self._agreement, clustered) if a is not None]
+        summaries = [self._summary(m) for m in clustered]
+        clustered_vectors = int(sum(len(m.labels) for m in clustered))
+        agreement = [a for _, _, a in summaries if a is not None]
         out = {
             "keys": len(self.keys),
             "vectors": vectors,
             "bytes_per_vector": nbytes / vectors if vectors else 0.0,
             "clustered_keys": len(clustered),
-            "clustered_vectors": int(sum(len(m.labels) for m in clustered)),
-            "clusters_per_key": float(np.mean([m.labels.max() + 1 for m in clustered])) if clustered else 0.0,
-            "noise_frac": (
-                float(sum((m.labels == -1).sum() for m in clustered) / sum(len(m.labels) for m in clustered))
-                if clustered
-                else 0.0
-            ),
+            "clustered_vectors": clustered_vectors,
+            "clusters_per_key": float(np.mean([c for c, _, _ in summaries])) if clustered else 0.0,
+            "noise_frac": float(sum(n for _, n, _ in summaries) / clustered_vectors) if clustered else 0.0,
             "cluster_answer_agreement": float(np.mean(agreement)) if agreement else 0.0,
             "cluster_answer_agreement_keys": len(agreement),
         }
         out.update({k: int(v) for k, v in self.counters.items()})
         return out
 
-    def _agreement(self, mem: _Key) -> float | None:
-        """Adjusted Rand index between the key's cluster labels and its stored answers, over
-        its clustered vectors (noise left out: a noise point belongs to no cluster) whose
-        answer is known ("no answer" is one answer); None for fewer than 2 such vectors.
-        Cached with the labels it was computed from, so stats() only pays for keys
-        re-clustered since the last call."""
+    def _summary(self, mem: _Key) -> tuple[int, int, float | None]:
+        """(clusters, noise points, agreement) of a clustered key; agreement: the adjusted
+        Rand index between its cluster labels and its stored answers, over its clustered
+        vectors (noise left out: a noise point belongs to no cluster) whose answer is known
+        ("no answer" is one answer), None for fewer than 2 such vectors. Cached with the
+        labels it was computed from, so stats() only pays for keys re-clustered since the
+        last call."""
         labels = mem.labels
-        if mem.agreement is not None and mem.agreement[0] is labels:
-            return mem.agreement[1]
+        if mem.summary is not None and mem.summary[0] is labels:
+            return mem.summary[1:]
         keep = (labels != -1) & (mem.answers != UNKNOWN_ANSWER)
         value = adjusted_rand_index(labels[keep], mem.answers[keep]) if keep.sum() >= 2 else None
-        mem.agreement = (labels, value)
-        return value
+        mem.summary = (labels, int(labels.max()) + 1, int((labels == -1).sum()), value)
+        return mem.summary[1:]
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -459,7 +511,7 @@ class ErrorMemory:
             "counters": dict(self.counters),
             "rng": self._rng.bit_generator.state,
             "keys": [[k[0], k[1]] for k in keys],
-            "sizes": np.array([len(m.vectors) for m in mems], np.int64),
+            "sizes": np.array([len(m.data) for m in mems], np.int64),
             "vectors": cat([m.vectors for m in mems], np.float32).reshape(-1, self.dim)
             if mems
             else np.empty((0, 0), np.float32),
@@ -474,14 +526,19 @@ class ErrorMemory:
 
     def load_state_dict(self, state: dict):
         """Restore from `state_dict()` output (replaces the current contents). A state
-        without answers (saved before they were stored) loads with every answer unknown."""
+        without answers (saved before they were stored) loads with every answer unknown.
+        The vectors are float32 ("vectors") or, as `save` writes them when every stored
+        value is a bfloat16, their high 16 bits ("vectors_bf16", uint16). Every key gets
+        arrays of its own (no views into the state's), so the state can be freed."""
         if state.get("format") != FORMAT:
             raise ValueError(f"not an error-memory state (format={state.get('format')!r})")
-        if state.get("version") != VERSION:
+        if state.get("version") not in (1, VERSION):
             raise ValueError(f"unsupported error-memory state version {state.get('version')!r} (expected {VERSION})")
         saved_clustering = state["config"].get("clustering")
         sizes, has_labels, mst_sizes = state["sizes"], state["has_labels"], state["mst_sizes"]
-        vectors, labels, mst = state["vectors"], state["labels"], state["mst"]
+        packed = "vectors_bf16" in state
+        vectors = np.asarray(state["vectors_bf16"], np.uint16) if packed else state["vectors"]
+        labels, mst = state["labels"], state["mst"]
         if len(sizes) != len(state["keys"]) or sizes.sum() != len(vectors):
             raise ValueError("error-memory state is inconsistent: key sizes do not match the vectors")
         table, answers = self._answer_state(state, len(vectors))
@@ -490,16 +547,17 @@ class ErrorMemory:
         for i, (pk, ok) in enumerate(state["keys"]):
             mem = _Key(vectors.shape[1])
             m = int(sizes[i])
-            mem.vectors = np.ascontiguousarray(vectors[v0 : v0 + m], np.float32)
+            rows = vectors[v0 : v0 + m]
+            mem.data = np.array(rows) if packed else pack_vectors(np.array(rows, np.float32))
             mem.answers = np.array(answers[v0 : v0 + m], np.int32)
             v0 += m
             if has_labels[i]:
-                mem.labels = np.asarray(labels[l0 : l0 + m], np.int32)
+                mem.labels = np.array(labels[l0 : l0 + m], np.int32)
                 l0 += m
             else:
                 mem.labels = None
             if mst_sizes[i] >= 0:
-                mem.mst = np.asarray(mst[t0 : t0 + mst_sizes[i]], np.int32)
+                mem.mst = np.array(mst[t0 : t0 + mst_sizes[i]], np.int32)
                 t0 += int(mst_sizes[i])
             else:
                 mem.mst = None
@@ -535,44 +593,30 @@ class ErrorMemory:
             raise ValueError("error-memory state is inconsistent: the answer ids do not match the vectors or table")
         return table, answers
 
+    def freeze(self) -> FrozenMemory:
+        """The memory as it is now, to save (`FrozenMemory.save`) while it goes on changing
+        (in another thread, say): O(keys), no array is copied."""
+        return FrozenMemory(self)
+
     def save(self, path: str):
-        """Write the memory to `path` atomically (a temporary file, then rename)."""
-        state = self.state_dict()
-        arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
-        header = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the memory to `path` atomically (a temporary file, fsync, then rename)."""
+        self.freeze().save(path)
 
     @classmethod
     def load(cls, path: str, config: MedsConfig | None = None) -> ErrorMemory:
-        """Read a memory saved by `save` (clear errors for a missing or corrupt file)."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no MEDS memory checkpoint at {path}")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                state = {k: data[k] for k in data.files}
-            header = json.loads(state.pop("header").tobytes().decode())
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            zipfile.BadZipFile,
-            EOFError,
-            UnicodeDecodeError,
-            io.UnsupportedOperation,
-        ) as e:
-            raise ValueError(f"corrupt MEDS memory checkpoint {path}: {e}") from e
+        """Read a memory file written by `save` or `save_tail` (a tail: its base file, then
+        its groups assigned and the touched keys re-clustered); clear errors for a missing
+        or corrupt file."""
+        return cls._load(path, config, 0)
+
+    @classmethod
+    def _load(cls, path: str, config: MedsConfig | None, depth: int) -> ErrorMemory:
+        if depth > MAX_TAIL_DEPTH:
+            raise ValueError(f"corrupt MEDS memory checkpoint {path}: a chain of more than {MAX_TAIL_DEPTH} tails")
+        state = _read_npz(path)
+        header = state.pop("header")
+        if header.get("format") == TAIL_FORMAT:
+            return cls._load_tail(path, header, state, config, depth)
         state.update(header)
         memory = cls(config or MedsConfig(**header["config"]))
         try:
@@ -580,3 +624,168 @@ class ErrorMemory:
         except (KeyError, IndexError, TypeError) as e:
             raise ValueError(f"corrupt MEDS memory checkpoint {path}: {e}") from e
         return memory
+
+    @classmethod
+    def _load_tail(cls, path: str, header: dict, state: dict, config: MedsConfig | None, depth: int) -> ErrorMemory:
+        if header.get("version") != TAIL_VERSION:
+            raise ValueError(f"unsupported MEDS memory tail version {header.get('version')!r} in {path}")
+        base = header["base"]
+        if base is None:
+            memory = cls(config or MedsConfig(**header["config"]))
+        else:
+            memory = cls._load(os.path.join(os.path.dirname(os.path.abspath(path)), base), config, depth + 1)
+        feats, correct = state["features"], state["correct"]
+        pos, touched = 0, set()
+        for key, step, n, answers in header["groups"]:
+            try:
+                _, _, keys = memory.assign([key] * n, feats[pos : pos + n], correct[pos : pos + n], step, answers)
+                touched.update(keys)
+            except Exception:  # as the service did: a group whose assignment raised is skipped
+                pass
+            pos += n
+        if pos != len(feats):
+            raise ValueError(f"corrupt MEDS memory checkpoint {path}: its groups do not match its features")
+        memory.recluster(touched)  # as the service's background work had
+        return memory
+
+
+class FrozenMemory:
+    """An `ErrorMemory` as it was at `ErrorMemory.freeze()`, for `save`: the memory only ever
+    replaces its arrays, so holding the current ones is a consistent copy, and the memory
+    may go on changing (in another thread) while this is written."""
+
+    def __init__(self, memory: ErrorMemory):
+        self.header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": memory.config.to_dict(),
+            "dim": memory.dim,
+            "counters": dict(memory.counters),
+            "rng": memory._rng.bit_generator.state,
+            "keys": [[k[0], k[1]] for k in memory.keys],
+        }
+        self.keys = [(m.data, m.answers, m.labels, m.mst) for m in memory.keys.values()]
+        self.answer_table = list(memory.answer_table)
+        self.dim = memory.dim
+        self.vectors = sum(len(m[0]) for m in self.keys)
+
+    def save(self, path: str):
+        """Write it to `path` in `ErrorMemory.save`'s format, atomically (a temporary file,
+        fsync, rename), array by array from the keys' own arrays (no copy of the memory)."""
+        keys = self.keys
+        packed = bool(keys) and all(m[0].dtype == np.uint16 for m in keys)
+        dim = self.dim if keys else 0
+        blob = "".join(self.answer_table).encode()
+        members = [
+            ("header", [np.frombuffer(json.dumps(self.header).encode(), np.uint8)], np.uint8, None),
+            ("sizes", [np.array([len(m[0]) for m in keys], np.int64)], np.int64, None),
+            (
+                "vectors_bf16" if packed else "vectors",
+                [m[0] if packed else unpack_vectors(m[0]) for m in keys],
+                np.uint16 if packed else np.float32,
+                (self.vectors, dim),
+            ),
+            ("has_labels", [np.array([m[2] is not None for m in keys], bool)], bool, None),
+            ("labels", [m[2] for m in keys if m[2] is not None], np.int32, None),
+            ("mst_sizes", [np.array([-1 if m[3] is None else len(m[3]) for m in keys], np.int64)], np.int64, None),
+            ("mst", [m[3] for m in keys if m[3] is not None], np.int32, None),
+            ("answers", [m[1] for m in keys], np.int32, None),
+            ("answer_table", [np.frombuffer(blob, np.uint8)], np.uint8, None),
+            (
+                "answer_offsets",
+                [np.cumsum([0] + [len(a.encode()) for a in self.answer_table], dtype=np.int64)],
+                np.int64,
+                None,
+            ),
+        ]
+        with _atomic(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, pieces, dtype, shape in members:
+                _write_npy(zf, name, pieces, np.dtype(dtype), shape)
+
+
+def save_tail(path: str, base: str | None, groups: Sequence[tuple], config: MedsConfig):
+    """Write, atomically, a memory file that `ErrorMemory.load` reads as the memory file
+    `base` (a file name in the same directory; None: an empty memory) after `groups` were
+    assigned to it in order: (prompt key, step, features [n, d], correct [n], answers or
+    None) each, as `ErrorMemory.assign(..., step=)` took them."""
+    header = {
+        "format": TAIL_FORMAT,
+        "version": TAIL_VERSION,
+        "base": base,
+        "config": config.to_dict(),
+        "groups": [[key, int(step), len(feats), answers] for key, step, feats, _, answers in groups],
+    }
+    feats = [np.asarray(g[2], np.float32) for g in groups]
+    arrays = {
+        "features": np.concatenate(feats) if feats else np.empty((0, 0), np.float32),
+        "correct": np.concatenate([np.asarray(g[3], bool) for g in groups]) if groups else np.empty(0, bool),
+    }
+    with _atomic(path) as f:
+        np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+
+
+def memory_file_base(path: str) -> str | None:
+    """The base file name of a tail written by `save_tail` (in the same directory), None for a
+    memory file of `save`; ValueError for an unreadable file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(data["header"].tobytes().decode())
+    except _READ_ERRORS as e:
+        raise ValueError(f"corrupt MEDS memory checkpoint {path}: {e}") from e
+    return header.get("base") if header.get("format") == TAIL_FORMAT else None
+
+
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    zipfile.BadZipFile,
+    EOFError,
+    UnicodeDecodeError,
+    io.UnsupportedOperation,
+)
+
+
+def _read_npz(path: str) -> dict:
+    """Every array of an npz memory file, with its JSON header decoded (clear errors)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no MEDS memory checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = {k: data[k] for k in data.files}
+        state["header"] = json.loads(state["header"].tobytes().decode())
+    except _READ_ERRORS as e:
+        raise ValueError(f"corrupt MEDS memory checkpoint {path}: {e}") from e
+    return state
+
+
+@contextlib.contextmanager
+def _atomic(path: str):
+    """A binary file that becomes `path` (fsynced, renamed) only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_npy(zf: zipfile.ZipFile, name: str, pieces: list, dtype: np.dtype, shape: tuple | None):
+    """One `.npy` member of an npz, written piece by piece (the pieces concatenated, in C
+    order, make the array; `shape` None: 1-D)."""
+    pieces = [np.ascontiguousarray(p, dtype) for p in pieces]
+    if shape is None:
+        shape = (sum(p.size for p in pieces),)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for p in pieces:
+            if p.size:
+                out.write(p.reshape(-1).view(np.uint8))

@@ -14,7 +14,11 @@ of other keys. The Ray event loop only validates, logs and hands out results.
 
 Fault tolerance: every accepted group is appended to the shard's write-ahead log (`wal.py`)
 before the submit returns, and the shard's memory is snapshotted every
-`--meds.snapshot_interval` steps (at a step boundary) and with every training checkpoint. A
+`--meds.snapshot_interval` steps (at a step boundary) and with every training checkpoint:
+frozen in O(keys) by the worker thread (`ErrorMemory.freeze`), written by a thread of its
+own while the shard goes on. A training snapshot is a small file: the last such recovery
+snapshot (hard-linked) plus the groups logged since (`save_tail`); it is the recovery base
+until the full one started with it is written. A
 shard that dies is restarted by Ray (`max_restarts`) and rebuilds itself from its last
 snapshot plus a replay of the log, so the penalties are the same as if it had never died;
 calls in flight are retried by Ray. If the log cannot be read (e.g. the shard was restarted
@@ -39,9 +43,9 @@ import numpy as np
 import ray
 
 from ..meds.config import MAX_SHARDS, MedsConfig
-from ..meds.memory import ErrorMemory
-from .client import shard_of
-from .wal import ShardLog, group_record, publish, unpack_group
+from ..meds.memory import ErrorMemory, save_tail
+from .client import TIMINGS, shard_of
+from .wal import ShardLog, group_record, link_chain, memory_chain, unpack_group
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ logger = logging.getLogger(__name__)
 ASSIGN, RECLUSTER = 0, 1
 # Results nobody fetched (e.g. groups the trainer filtered out) are dropped after this many steps.
 RESULT_TTL_STEPS = 4
+# A training snapshot whose base would be a chain of more files than this saves the whole memory.
+MAX_CHAIN = 8
 # Failure counters kept across stats() windows and restarts.
 CUMULATIVE = ("lost_groups", "failed_groups", "restarts", "replayed_groups")
 
@@ -80,7 +86,10 @@ class MemoryActor:
         self.busy = 0  # queued or running jobs
         self.idle = threading.Condition(self.lock)
         self.latest_step = -1
-        self.base_step = -1  # step of the last recovery snapshot
+        self.base_step: int | None = -1  # step of the last recovery snapshot (-1: none; None: count from the next step)
+        self.committed: tuple[str | None, int] = (None, -1)  # recovery base: memory file (None: empty), seq
+        self.saving = False  # a recovery snapshot is being written
+        self.generation = 0  # restores so far: a write of the memory before one must not become the base
         self.lost = False
         self.stat: dict[str, float] = {}
         self._reset_window()
@@ -123,8 +132,8 @@ class MemoryActor:
                 if self.digests.get(group_id) == digest:
                     return group_id  # the same group again: a call retried after a restart
                 raise ValueError(f"duplicate submit: group id {group_id} was already submitted with other data")
-            if int(step) > self.latest_step and self.latest_step >= 0:
-                self._maybe_snapshot_at_step(int(step))
+            if int(step) > self.latest_step:
+                self._at_new_step(int(step))
             self.latest_step = max(self.latest_step, int(step))
             record = group_record(group_id, prompt_key, int(step), feats, ok, answers)
             self.log.append(record)
@@ -163,7 +172,8 @@ class MemoryActor:
         return out
 
     async def flush(self):
-        """Wait until all queued work (assignments and re-clustering) is done."""
+        """Wait until all queued work (assignments, re-clustering) is done and no recovery
+        snapshot is being written."""
         await asyncio.get_running_loop().run_in_executor(None, self._wait_idle)
 
     async def stats(self, reset: bool = True) -> dict:
@@ -178,7 +188,9 @@ class MemoryActor:
         return out
 
     async def snapshot(self, path: str) -> dict:
-        """Save this shard's memory to `path` (atomic) and make it the recovery base."""
+        """Save this shard's memory to `path` (atomic): a tail file of the groups logged since
+        the recovery base, which is hard-linked beside it. The tail becomes the recovery base,
+        and a full one is started in the background."""
         return await self._run_job(self._snapshot_job, path)
 
     async def restore(self, paths: Sequence[str]):
@@ -206,7 +218,7 @@ class MemoryActor:
 
     def _wait_idle(self):
         with self.lock:
-            self.idle.wait_for(lambda: self.busy == 0)
+            self.idle.wait_for(lambda: self.busy == 0 and not self.saving)
 
     async def _run_job(self, fn, *args):
         """Run `fn(seq, *args)` on the worker thread after the assignments queued before it
@@ -263,16 +275,12 @@ class MemoryActor:
 
     def _reset_window(self):
         keep = {k: self.stat.get(k, 0) for k in CUMULATIVE}
-        self.stat = {
-            name: 0.0
-            for base in ("assign_latency_ms", "assign_ms", "recluster_ms")
-            for name in (f"{base}_sum", f"{base}_n", f"{base}_max")
-        }
+        self.stat = {name: 0.0 for base in TIMINGS for name in (f"{base}_sum", f"{base}_n", f"{base}_max")}
         self.stat.update(penalty_sum=0.0, groups=0, expired_results=0, **keep)
 
     # ------------------------------------------------------------------ snapshots, log, recovery
 
-    def _maybe_snapshot_at_step(self, step: int):
+    def _at_new_step(self, step: int):
         """Called (under the lock) when the first group of a new step arrives: everything
         logged so far belongs to earlier steps, so a snapshot now is a step boundary."""
         stale = [g for g, r in self.results.items() if r[2] < step - RESULT_TTL_STEPS]
@@ -281,43 +289,113 @@ class MemoryActor:
             self.digests.pop(gid, None)
         self.stat["expired_results"] += len(stale)
         interval = self.config.snapshot_interval
-        if interval and step - max(self.base_step, 0) >= interval:
-            self._put(ASSIGN, self._base_job, self.log.seq)
+        if self.base_step is None:
+            self.base_step = step  # the first step after a restore: intervals count from here
+        elif interval and step - max(self.base_step, 0) >= interval and not self.saving:
+            self.base_step = step
+            self._put(ASSIGN, self._start_base, self.log.seq)
 
-    def _base_job(self, seq: int) -> str:
-        """Make the memory as of log record `seq` the recovery base; drop older files."""
-        path = self.log.save_memory(self.memory, seq)
+    def _start_base(self, seq: int):
+        """Freeze the memory as of log record `seq` (the worker thread: the assignments of
+        the records up to `seq` are done, none after) and write it as the next recovery base
+        in a thread of its own; a write already under way makes this a no-op."""
         with self.lock:
-            unfetched = dict(self.results)
+            if self.saving:
+                return
+            self.saving = True
+            unfetched, step = dict(self.results), self.latest_step
+            stat = {k: self.stat[k] for k in CUMULATIVE}
+            self.log.rotate()  # the closed segments end up covered by this snapshot
+        frozen = self.memory.freeze()
+        args = (frozen, seq, self.generation, step, unfetched, stat)
+        threading.Thread(target=self._write_base, args=args, daemon=True, name="meds-memory-save").start()
+
+    def _write_base(self, frozen, seq: int, generation: int, step: int, unfetched: dict, stat: dict):
+        t0 = time.perf_counter()
+        try:
+            path = self.log.save_memory(frozen, seq)
+            with self.lock:
+                # Not if the base is newer (a training snapshot's tail replaces an older one
+                # at its seq) or a restore replaced the memory meanwhile.
+                newer = seq >= self.committed[1] and generation == self.generation
+                if newer:
+                    self.log.commit_base(path, seq, step, unfetched, stat)
+                    self.committed = (os.path.basename(path), seq)
+            if not newer:
+                os.unlink(path)
+        except Exception:  # the previous recovery base and the log stay in charge
+            logger.exception("MEDS memory shard %d: writing the recovery snapshot failed", self.shard)
+        with self.lock:
+            self._time("base_write_ms", (time.perf_counter() - t0) * 1e3)
+            self.saving = False
+            self.idle.notify_all()
+
+    def _commit_now(self, name: str, seq: int):
+        """Make the memory file `name` (in the shard's directory) the recovery base as of log
+        record `seq`, at once (the worker thread)."""
+        with self.lock:
             self.log.rotate()
-            step = self.latest_step
-        self.log.commit_base(path, seq, step, unfetched, {k: self.stat[k] for k in CUMULATIVE})
-        self.base_step = step
-        return path
+            stat = {k: self.stat[k] for k in CUMULATIVE}
+            self.log.commit_base(os.path.join(self.log.dir, name), seq, self.latest_step, dict(self.results), stat)
+            self.committed = (name, seq)
 
     def _snapshot_job(self, seq: int, path: str) -> dict:
-        # The recovery base doubles as the training snapshot.
-        publish(self._base_job(seq), path)
-        return {"path": path, "vectors": int(sum(len(m.vectors) for m in self.memory.keys.values()))}
+        vectors = int(sum(len(m.data) for m in self.memory.keys.values()))
+        with self.lock:  # the base and the segments stay put while they are linked and read
+            name, base_seq = self.committed
+            # The log no longer describes the memory, or full recovery snapshots keep failing
+            # (each snapshot a tail on the last): save all of it.
+            full = self.lost or (name is not None and len(memory_chain(os.path.join(self.log.dir, name))) > MAX_CHAIN)
+            if not full:
+                if name is not None:
+                    link_chain(os.path.join(self.log.dir, name), os.path.dirname(os.path.abspath(path)))
+                records = [r for _, r in self.log.read(max(base_seq, 0), seq) if r[0] == "G"]
+        if full:
+            self.memory.save(path)
+        else:
+            save_tail(path, name, [unpack_group(r)[1:] for r in records], self.config)
+        # The snapshot doubles as the recovery base (a link; its base is already here), and a
+        # full one is written in the background so that the next tail and a replay stay short.
+        own = f"snapshot-{seq:012d}-{os.urandom(4).hex()}.npz"
+        link_chain(path, self.log.dir, own)
+        self._commit_now(own, seq)
+        self.base_step = self.latest_step
+        self._start_base(seq)
+        return {"path": path, "vectors": vectors}
 
     def _restore_job(self, seq: int, paths: list[str]):
-        memory = ErrorMemory(self.config)
-        for i, path in enumerate(paths):
-            memory.absorb(
-                ErrorMemory.load(path, self.config),
-                keep=lambda key: shard_of(key, self.num_shards) == self.shard,
-                counters=i % self.num_shards == self.shard,  # each old shard's counters counted once
-            )
+        own = paths[self.shard] if len(paths) == self.num_shards else None
+        memory = ErrorMemory.load(own, self.config) if own else None
+        if memory is None or any(shard_of(k[0], self.num_shards) != self.shard for k in memory.keys):
+            memory, own = ErrorMemory(self.config), None  # another shard count: re-route every key
+            for i, path in enumerate(paths):
+                memory.absorb(
+                    ErrorMemory.load(path, self.config),
+                    keep=lambda key: shard_of(key, self.num_shards) == self.shard,
+                    counters=i % self.num_shards == self.shard,  # each old shard's counters counted once
+                )
         self.memory = memory
-        self._base_job(seq)
+        self.generation += 1
+        # The restored memory is the recovery base at once: its file linked (same shard
+        # count), else saved.
+        name = f"restored-{seq:012d}-{os.urandom(4).hex()}.npz"
+        if own:
+            link_chain(own, self.log.dir, name)
+        else:
+            memory.save(os.path.join(self.log.dir, name))
+        self._commit_now(name, seq)
+        self.base_step = None
         with self.lock:  # label the restored keys in the background, not at their next use
-            self._put(RECLUSTER, self._recluster, list(memory.keys))
+            self._put(RECLUSTER, self._recluster, memory.pending())
 
     def _recover(self):
         """Rebuild after a restart: last snapshot + replay of the log since."""
         t0, replayed = time.perf_counter(), 0
         try:
             base = self.log.load_base(self.config)
+            self.committed = (base.name, base.seq)
+            self.log.clear_temporary()
+            self.log.collect(None if base.name is None else os.path.join(self.log.dir, base.name))
             if base.memory is not None:
                 self.memory = base.memory
             self.results = base.results

@@ -19,6 +19,8 @@ from ..meds.config import MAX_SHARDS, MedsConfig
 from .wal import read_manifest, snapshot_files, write_manifest
 
 SHARD_BITS = (MAX_SHARDS - 1).bit_length()
+# Timings each shard keeps per stats() window (sum, count, maximum); `stats` adds their means.
+TIMINGS = ("assign_latency_ms", "assign_ms", "recluster_ms", "base_write_ms")
 
 
 def shard_of(prompt_key: Hashable, num_shards: int) -> int:
@@ -133,7 +135,7 @@ class MemoryClient:
         total["bytes_per_vector"] = (
             sum(s["bytes_per_vector"] * s["vectors"] for s in shards) / total["vectors"] if total["vectors"] else 0.0
         )
-        for base in ("assign_latency_ms", "assign_ms", "recluster_ms"):
+        for base in TIMINGS:
             n = total.pop(f"{base}_n")
             total[f"{base}_mean"] = total[f"{base}_sum"] / n if n else 0.0
         rollouts = total.get("rollouts", 0)

@@ -10,13 +10,19 @@ A shard's directory holds:
   closed (rotated) at each recovery snapshot, so segments the snapshot covers can be deleted.
   A group's record is `group_record(...)`; `unpack_group` reads it, and reads the records
   of logs written before groups carried their final answers as groups without answers.
-- `base-<seq>.npz` + `base.json`: the recovery snapshot, the memory as of record `seq`
-  (`ErrorMemory.save`) and, in the JSON, that seq, the latest step, the results not fetched
-  yet and the cumulative counters. `base.json` is replaced atomically and written after the
-  `.npz` it names, so it always names a complete file.
+- `base-<seq>-<id>.npz` + `base.json`: the recovery snapshot, the memory as of record `seq`
+  (`ErrorMemory.save`; after a restore, the restored snapshot's file, linked) and, in the
+  JSON, that seq, the memory file's name, the latest step, the results not fetched yet and
+  the cumulative counters. `base.json` is replaced atomically and written after the `.npz`
+  it names, so it always names a complete file. A memory file may be a tail
+  (`save_tail`): it names its base file, which then lies in the same directory (a training
+  snapshot's tail, linked as `snapshot-<seq>-<id>.npz`, or a restored snapshot's file,
+  linked as `restored-<seq>-<id>.npz`, until the next full `base-...` file).
 
 A training snapshot (`MemoryClient.snapshot`) is one `.npz` per shard plus `manifest.json`
 (format, version, shard count, file names), written last: without it a snapshot is invalid.
+A shard's file is usually a tail: the shard's recovery base (hard-linked into the snapshot's
+directory under its own name) plus the groups logged since.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import logging
 import os
 import pickle
+import secrets
 import shutil
 import struct
 import time
@@ -35,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..meds.config import MedsConfig
-from ..meds.memory import ErrorMemory
+from ..meds.memory import ErrorMemory, memory_file_base
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,33 @@ def publish(src: str, dst: str):
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+
+
+def memory_chain(path: str) -> list[str]:
+    """The paths a memory file needs: itself, then its base, its base's base, ... (a tail
+    names its base file, in the same directory); the missing ones are listed too, and end
+    the chain. ValueError for an unreadable file or a chain that loops."""
+    out = [path]
+    while os.path.isfile(out[-1]):
+        base = memory_file_base(out[-1])
+        if base is None:
+            break
+        out.append(os.path.join(os.path.dirname(out[-1]), base))
+        if len(out) > 64:
+            raise ValueError(f"MEDS memory file {path}: its chain of bases is longer than 64 files")
+    return out
+
+
+def link_chain(src: str, directory: str, name: str | None = None):
+    """Make `src` and the bases it needs (`memory_chain`) appear in `directory`: `src` as
+    `name` (default: its own name), each base under the name its tail gives it."""
+    chain = memory_chain(src)
+    os.makedirs(directory, exist_ok=True)
+    for i, path in enumerate(chain):
+        dst = os.path.join(directory, name if i == 0 and name else os.path.basename(path))
+        if i > 0 and os.path.exists(dst):
+            continue  # already there (a base shared with an earlier link)
+        publish(path, dst)
 
 
 def snapshot_files(num_shards: int) -> list[str]:
@@ -104,7 +138,7 @@ def read_manifest(directory: str) -> tuple[dict, list[str]]:
     if manifest.get("format") != SNAPSHOT_FORMAT or manifest.get("version") != SNAPSHOT_VERSION:
         raise ValueError(f"{path} is not a MEDS memory snapshot of version {SNAPSHOT_VERSION}")
     files = [os.path.join(directory, n) for n in manifest["files"]]
-    missing = [f for f in files if not os.path.isfile(f)]
+    missing = [p for f in files for p in memory_chain(f) if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"MEDS memory snapshot {directory} is incomplete: missing {missing}")
     return manifest, files
@@ -127,12 +161,13 @@ def unpack_group(record: tuple) -> tuple:
 @dataclass
 class Base:
     """A recovery snapshot as read back: the memory as of log record `seq` (None: no snapshot
-    was taken, replay from an empty memory), `step`, unfetched `results` {group id: (sizes,
-    penalties, step)} and the cumulative counters `stat`."""
+    was taken, replay from an empty memory) and its file's `name`, `step`, unfetched
+    `results` {group id: (sizes, penalties, step)} and the cumulative counters `stat`."""
 
     seq: int = 0
     step: int = -1
     memory: ErrorMemory | None = None
+    name: str | None = None
     results: dict[int, tuple] = field(default_factory=dict)
     stat: dict[str, float] = field(default_factory=dict)
 
@@ -201,18 +236,21 @@ class ShardLog:
         self.file.flush()
         return self.seq
 
-    def save_memory(self, memory: ErrorMemory, seq: int) -> str:
-        """Save `memory`, the memory as of record `seq`, as the next recovery snapshot's file;
-        `commit_base` makes it the recovery base."""
-        path = os.path.join(self.dir, f"base-{seq:012d}.npz")
+    def save_memory(self, memory, seq: int) -> str:
+        """Save `memory` (an `ErrorMemory` or `FrozenMemory`), the memory as of record `seq`,
+        as the next recovery snapshot's file, `base-<seq>-<random id>.npz` (the id keeps names
+        apart across shards and runs in a training snapshot's directory); `commit_base` makes
+        it the recovery base."""
+        path = os.path.join(self.dir, f"base-{seq:012d}-{secrets.token_hex(4)}.npz")
         memory.save(path)
         return path
 
     def commit_base(self, memory_path: str, seq: int, step: int, results: dict[int, tuple], stat: dict):
-        """Make `memory_path` (from `save_memory(..., seq)`) the recovery base, with the latest
-        `step`, the unfetched `results` {group id: (sizes, penalties, step)} and the counters
-        `stat` to restore; delete the older snapshot files and the closed segments whose
-        records are all <= `seq`. Call `rotate` between `save_memory` and this."""
+        """Make `memory_path` (a memory file in this directory, e.g. from `save_memory(...,
+        seq)`) the recovery base, with the latest `step`, the unfetched `results` {group id:
+        (sizes, penalties, step)} and the counters `stat` to restore; delete the memory files
+        it does not need and the closed segments whose records are all <= `seq`. Call
+        `rotate` between taking the memory as of `seq` and this."""
         write_json(
             os.path.join(self.dir, BASE),
             {
@@ -223,12 +261,23 @@ class ShardLog:
                 "stat": stat,
             },
         )
-        for old in glob.glob(os.path.join(self.dir, "base-*.npz")):
-            if old != memory_path:
-                os.unlink(old)
+        self.collect(memory_path)
         for seg in self.segments()[:-1]:
             if self._last_seq(seg) <= seq:
                 os.unlink(seg)
+
+    def collect(self, memory_path: str | None):
+        """Delete the memory files (`*.npz`) that `memory_path` (None: none) does not need
+        (temporary files of writes under way are left alone)."""
+        keep = set(memory_chain(memory_path)) if memory_path else set()
+        for old in glob.glob(os.path.join(self.dir, "*.npz")):
+            if old not in keep:
+                os.unlink(old)
+
+    def clear_temporary(self):
+        """Delete the temporary files of writes that a killed process left."""
+        for path in glob.glob(os.path.join(self.dir, ".tmp-*")):
+            os.unlink(path)
 
     def load_base(self, config: MedsConfig) -> Base:
         """Read the recovery base and set `seq` to it; an empty `Base` if only a log exists.
@@ -244,6 +293,7 @@ class ShardLog:
             base = Base(
                 seq=data["seq"],
                 step=data["step"],
+                name=data["memory"],
                 memory=ErrorMemory.load(os.path.join(self.dir, data["memory"]), config),
                 results={
                     int(g): (np.asarray(s, np.int64), np.asarray(p), st) for g, (s, p, st) in data["results"].items()
@@ -269,6 +319,24 @@ class ShardLog:
             if _valid_length(data) < len(data):
                 self.torn += 1
                 logger.warning("MEDS memory log %s: dropped a torn last record", seg)
+
+    def read(self, after: int, upto: int) -> list[tuple[int, object]]:
+        """(seq, record) of the logged records numbered after `after` up to `upto`, in order,
+        without changing `seq` (the log may be appended to meanwhile; records up to `upto`
+        are complete)."""
+        out = []
+        for seg in self.segments():
+            if _segment_start(seg) > upto:
+                break
+            with open(seg, "rb") as f:
+                data = f.read()
+            for start, end in _frames(data):
+                seq, record = pickle.loads(data[start:end])
+                if seq > upto:
+                    break
+                if seq > after:
+                    out.append((seq, record))
+        return out
 
     def skip_lost(self):
         """After an unreadable log: number new records where no lost record could have been."""

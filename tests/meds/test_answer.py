@@ -193,3 +193,39 @@ def test_brace_candidacy_ignores_ids_outside_the_vocabulary(qwen_tokenizer):
     assert brace_candidacy([79075, 10**9], qwen_tokenizer) == (False, False)
     assert brace_candidacy([10**9, 90], qwen_tokenizer) == (False, False)
     assert brace_candidacy([59, 79075, 90], qwen_tokenizer) == (True, True)
+
+
+def test_brace_scanner_equals_brace_candidacy_on_every_stream_at_every_step(qwen_tokenizer):
+    """BraceScanner (all rows at once, one token per row per step) gives brace_candidacy of
+    every stream after every token: 400 random streams over the tokens that make the rules
+    interact (plus ids past the vocabulary, as a model's padded rows, and async placeholders -1), rows joining
+    mid-stream by `reset`, and rows swapped."""
+    from openrlhf_meds.meds.answer import BraceScanner, brace_candidacy
+
+    alphabet = [59, 79075, 90, 73664, 1611, 291, 2979, 15170, 314, 87, 10, 151900, 200000, -1]
+    rng = np.random.default_rng(1)
+    rows, length = 400, 40
+    streams = rng.choice(alphabet, size=(rows, length))
+    for r in range(0, rows, 3):  # `\\boxed{` spelled out now and then
+        at = int(rng.integers(0, length - 3))
+        streams[r, at : at + 3] = [59, 79075, 90]
+    scanner = BraceScanner(qwen_tokenizer)
+    joined = rng.integers(0, length // 2, size=rows)  # the step at which each row is reset
+    checked = {"exact": 0, "fallback": 0}
+    for t in range(length):
+        for r in np.flatnonzero(joined == t):
+            scanner.reset(int(r), streams[r, :t].tolist())
+        if t == length // 2:  # a swap exchanges the rows' states: swap the streams too
+            scanner.swap(5, 7)
+            streams[[5, 7]] = streams[[7, 5]]
+            joined[[5, 7]] = joined[[7, 5]]
+        rows, kinds = scanner.step(streams[:, t])
+        flags = np.zeros(len(streams), int)
+        flags[rows] = kinds
+        for r in np.flatnonzero(joined <= t):
+            want = brace_candidacy(streams[r, : t + 1].tolist(), qwen_tokenizer)
+            got = (bool(flags[r] & scanner.EXACT), bool(flags[r] & scanner.FALLBACK))
+            assert got == want, (r, t, streams[r, : t + 1].tolist())
+            checked["exact"] += want[0]
+            checked["fallback"] += want[1]
+    assert min(checked.values()) > 50  # both rules were exercised

@@ -11,7 +11,9 @@ import pytest
 import ray
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
+from openrlhf_meds.meds.memory import memory_file_base
 from openrlhf_meds.memory.client import MemoryClient, new_group_id, shard_of
+from openrlhf_meds.memory.wal import read_manifest
 
 D, N = 6, 8  # feature width, rollouts per group
 
@@ -219,6 +221,62 @@ def test_snapshot_restore_round_trip_into_other_shard_count(tmp_path):
     assert stats_a["failed_groups"] == stats_b["failed_groups"] == 0
 
 
+@pytest.mark.slow
+def test_snapshot_is_a_tail_on_the_recovery_base_and_restores_into_as_many_shards(tmp_path):
+    """A training snapshot is each shard's recovery base (written in the background, linked)
+    plus the groups logged since; restored into fresh shards of the same count (each reads
+    its own file) it gives the same penalties, also after a shard of the restored cluster
+    is killed and rebuilds itself from the restored files and its log."""
+    steps = make_steps(5, steps=7)
+    cfg = MedsConfig(memory_shards=2, memory_dir=str(tmp_path / "a"), snapshot_interval=2)
+    client = MemoryClient.start(cfg, num_cpus=0)
+    try:
+        stream(client, steps[:3])  # a recovery snapshot at step 2
+        client.flush()  # ... written
+        client.snapshot(str(tmp_path / "ckpt"), step=3)
+        after = stream(client, steps[3:], seed=1, first_step=3)
+        client.flush()
+        stats_a = client.stats()
+    finally:
+        client.shutdown()
+    manifest, files = read_manifest(str(tmp_path / "ckpt"))
+    for f in files:  # a tail of the step-2 snapshot's groups (step 2) on that snapshot
+        base = memory_file_base(f)
+        assert base.startswith("base-") and os.path.isfile(tmp_path / "ckpt" / base)
+    assert manifest["vectors"] == sum(ErrorMemory.load(f).stats()["vectors"] for f in files)
+    for shard in ("shard-00000", "shard-00001"):  # the recovery base after the snapshot: a full file
+        base = json.load(open(tmp_path / "a" / shard / "base.json"))
+        assert (
+            base["memory"].startswith("base-")
+            and memory_file_base(str(tmp_path / "a" / shard / base["memory"])) is None
+        )
+
+    cfg2 = MedsConfig(memory_shards=2, memory_dir=str(tmp_path / "b"), snapshot_interval=0)
+    client = MemoryClient.start(cfg2, num_cpus=0)
+    rng = np.random.default_rng(0)
+    try:
+        client.restore(str(tmp_path / "ckpt"))
+        resumed = []
+        for t, groups in enumerate(steps[3:], start=3):
+            half = len(groups) // 2
+            gids = stream_step(client, t, groups[:half], rng)
+            if t == 5:  # recovers from the restored files (no snapshot since) and its log
+                ray.kill(client.actors[0], no_restart=False)
+            gids += stream_step(client, t, groups[half:], rng)
+            res = client.fetch(gids)
+            resumed.append(([r[0] for r in res], [r[1] for r in res]))
+        client.flush()
+        stats_b = client.stats()
+    finally:
+        client.shutdown()
+    assert_same(resumed, after)
+    assert any((p > 0).any() for p in after[-1][1])
+    for k in ("keys", "vectors", "rollouts", "penalized"):
+        assert stats_a[k] == stats_b[k], k
+    assert stats_b["restarts"] == 1 and stats_b["lost_groups"] == stats_b["failed_groups"] == 0
+    assert json.load(open(tmp_path / "b" / "shard-00000" / "base.json"))["memory"].startswith("restored-")
+
+
 def test_missing_or_corrupt_snapshot(tmp_path):
     client = MemoryClient.start(MedsConfig(memory_dir=str(tmp_path / "m")), num_cpus=0)
     try:
@@ -286,6 +344,7 @@ def test_killed_shard_restarts_from_snapshot_and_log(tmp_path):
             res = client.fetch(gids)
             got.append(([r[0] for r in res], [r[1] for r in res]))
         assert_same(got, expected)
+        client.flush()  # recovery snapshots are written in the background
         stats = client.stats()
         assert stats["lost_groups"] == stats["failed_groups"] == 0
         assert stats["restarts"] == 2 and stats["replayed_groups"] >= 2  # both kills recovered

@@ -5,6 +5,7 @@ manifests round-trip and fail clearly when missing or corrupt."""
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
+from openrlhf_meds.meds.memory import save_tail
 from openrlhf_meds.memory.wal import (
     LOST_SEQ,
     MANIFEST,
@@ -19,6 +21,8 @@ from openrlhf_meds.memory.wal import (
     SNAPSHOT_VERSION,
     ShardLog,
     group_record,
+    link_chain,
+    memory_chain,
     read_manifest,
     snapshot_files,
     unpack_group,
@@ -60,7 +64,8 @@ def reopen(directory) -> tuple[ShardLog, list]:
 
 
 def names(directory) -> list[str]:
-    return sorted(os.listdir(directory))
+    """The directory's file names, the random id of memory files as <id>."""
+    return sorted(re.sub(r"-[0-9a-f]{8}\.npz$", "-<id>.npz", n) for n in os.listdir(directory))
 
 
 def filled_memory() -> ErrorMemory:
@@ -126,7 +131,12 @@ def test_rotation_at_snapshot_keeps_only_what_the_snapshot_does_not_cover(tmp_pa
     log.rotate()
     results = {1002: (np.array([0, 2], np.int64), np.array([0.0, 0.1]), 0)}
     log.commit_base(path, 3, step=1, results=results, stat={"restarts": 1, "lost_groups": 0})
-    assert names(tmp_path) == ["base-000000000003.npz", "base.json", "wal-000000000001.log", "wal-000000000006.log"]
+    assert names(tmp_path) == [
+        "base-000000000003-<id>.npz",
+        "base.json",
+        "wal-000000000001.log",
+        "wal-000000000006.log",
+    ]
     for i in (6, 7):
         log.append(records[i])
     _, got = reopen(tmp_path)
@@ -136,7 +146,7 @@ def test_rotation_at_snapshot_keeps_only_what_the_snapshot_does_not_cover(tmp_pa
     path = log.save_memory(memory, 7)
     log.rotate()
     log.commit_base(path, 7, step=2, results={}, stat={})
-    assert names(tmp_path) == ["base-000000000007.npz", "base.json", "wal-000000000008.log"]
+    assert names(tmp_path) == ["base-000000000007-<id>.npz", "base.json", "wal-000000000008.log"]
     log.append(("F", [1002]))
     log.file.close()
     again, got = reopen(tmp_path)
@@ -263,6 +273,55 @@ def test_manifest_round_trip_and_clear_errors(tmp_path):
     os.unlink(tmp_path / files[1])
     with pytest.raises(FileNotFoundError, match="incomplete"):
         read_manifest(str(tmp_path))
+
+
+def test_read_returns_a_range_of_records_and_leaves_the_log_alone(tmp_path):
+    log = fresh(tmp_path)
+    records = [group(i) for i in range(6)]
+    for i, r in enumerate(records):
+        log.append(r)
+        if i == 2:
+            log.rotate()  # the range spans two segments
+    assert_records(log.read(after=1, upto=4), [(i, records[i - 1]) for i in (2, 3, 4)])
+    assert log.read(after=6, upto=9) == [] and log.seq == 6
+    assert log.append(("F", [1000])) == 7
+
+
+def test_a_tail_is_linked_with_its_base_and_a_snapshot_needs_both(tmp_path):
+    memory = filled_memory()
+    (tmp_path / "a").mkdir()
+    memory.save(str(tmp_path / "a" / "base-x.npz"))
+    tail = str(tmp_path / "a" / "shard-00000-of-00001.npz")
+    save_tail(tail, "base-x.npz", [unpack_group(group(i))[1:] for i in (4, 5)], CFG)
+    assert memory_chain(tail) == [tail, str(tmp_path / "a" / "base-x.npz")]
+    want = ErrorMemory.load(tail).state_dict()
+    for directory, name in (("b", None), ("c", "restored.npz")):
+        link_chain(tail, str(tmp_path / directory), name)
+        got = ErrorMemory.load(str(tmp_path / directory / (name or "shard-00000-of-00001.npz"))).state_dict()
+        for key, value in want.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(got[key], value)
+    assert sorted(os.listdir(tmp_path / "c")) == ["base-x.npz", "restored.npz"]
+    write_manifest(str(tmp_path / "a"), ["shard-00000-of-00001.npz"], step=2, vectors=1)
+    assert read_manifest(str(tmp_path / "a"))[1] == [tail]
+    os.unlink(tmp_path / "a" / "base-x.npz")
+    with pytest.raises(FileNotFoundError, match="incomplete: missing .*base-x.npz"):
+        read_manifest(str(tmp_path / "a"))
+
+
+def test_commit_keeps_the_base_a_tail_needs_and_deletes_other_memory_files(tmp_path):
+    log = fresh(tmp_path)
+    log.append(group(0))
+    old = log.save_memory(filled_memory(), 1)
+    base = log.save_memory(filled_memory(), 1)
+    save_tail(str(tmp_path / "restored-1.npz"), os.path.basename(base), [unpack_group(group(1))[1:]], CFG)
+    log.rotate()
+    log.commit_base(str(tmp_path / "restored-1.npz"), 1, step=0, results={}, stat={})
+    assert not os.path.exists(old) and os.path.exists(base)
+    loaded = ShardLog(str(tmp_path)).load_base(CFG)
+    assert (
+        loaded.name == "restored-1.npz" and loaded.memory.stats()["vectors"] == filled_memory().stats()["vectors"] + N
+    )
 
 
 def test_wal_imports_no_ray():
