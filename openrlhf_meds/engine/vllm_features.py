@@ -194,6 +194,8 @@ class _MedsFeatures:
                 f"MEDS features: batch rows {list(index)} but compute_logits saw "
                 f"{None if rows is None else rows.shape[0]} rows (vLLM internals changed?)"
             )
+        if len(index) == 1:  # the common case: one op, no stack
+            return rows[int(index[0]) : int(index[0]) + 1].clone()
         return torch.stack([rows[int(i)] for i in index])
 
     def meds_store(self, targets: dict[int, tuple[str, int]]) -> None:
@@ -260,7 +262,8 @@ class _Capture:
     def __init__(self, out: list[int]):
         self.out, self.live, self.left = out, True, 0  # left: how many times it left the batch
         self.latest: dict[str, int | None] = {"exact": None, "fallback": None}
-        self.hidden: dict[int, torch.Tensor] = {}  # p -> [window, H], y* not sampled yet
+        self.hidden: dict[int, torch.Tensor] = {}  # p -> [window, H], until they become logits
+        self.queued: set[int] = set()  # candidates of `hidden` whose y* is known, waiting for logits
         self.logits: dict[int, tuple[int, torch.Tensor]] = {}  # p -> (y*, float32 [2 * window])
 
     def add(self, p: int, kinds: tuple[bool, bool], hidden: torch.Tensor) -> None:
@@ -273,13 +276,18 @@ class _Capture:
         for table in (self.hidden, self.logits):
             for q in [q for q in table if q not in keep]:
                 del table[q]
+        self.queued &= keep
+        self.queued.discard(p)
         self.logits.pop(p, None)
         self.hidden[p] = hidden
 
     def known(self) -> list[tuple[int, int]]:
-        """(p, y*) of the candidates whose y* is now in the output list."""
+        """(p, y*) of the candidates whose y* is now in the output list, not queued yet to
+        become logits; they are queued from now on."""
         out = self.out
-        return [(p, out[p + 1]) for p in self.hidden if len(out) > p + 1 and out[p + 1] >= 0]
+        new = [(p, out[p + 1]) for p in self.hidden if p not in self.queued and len(out) > p + 1 and out[p + 1] >= 0]
+        self.queued.update(p for p, _ in new)
+        return new
 
 
 def _resolve(model, pending: list[tuple[_Capture, int, int]]) -> None:
@@ -291,6 +299,8 @@ def _resolve(model, pending: list[tuple[_Capture, int, int]]) -> None:
         if p in record.hidden and (id(record), p) not in seen:
             seen.add((id(record), p))
             todo.append((record, p, y))
+    for record, p, _ in todo:
+        record.queued.discard(p)
     if todo:
         hidden = torch.stack([record.hidden.pop(p) for record, p, _ in todo])
         for (record, p, y), row in zip(todo, model.meds_logits(hidden, [y for _, _, y in todo])):
@@ -340,7 +350,7 @@ class MedsFeatureProcessor(LogitsProcessor):
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         from transformers import AutoTokenizer
 
-        self.model_key = id(vllm_config)
+        self.model_key, self.model = id(vllm_config), None  # the model, once found in _MODELS (a weakref)
         config = vllm_config.model_config
         self.tokenizer = AutoTokenizer.from_pretrained(
             config.tokenizer, revision=config.tokenizer_revision, trust_remote_code=config.trust_remote_code
@@ -371,12 +381,15 @@ class MedsFeatureProcessor(LogitsProcessor):
         return False
 
     def _model(self):
-        model = _MODELS.get(self.model_key)
+        model = self.model() if self.model is not None else None
         if model is None:
-            raise RuntimeError(
-                "MEDS feature requests reached an engine without a MEDS model: build it "
-                "with openrlhf_meds.engine.client.engine_kwargs"
-            )
+            model = _MODELS.get(self.model_key)
+            if model is None:
+                raise RuntimeError(
+                    "MEDS feature requests reached an engine without a MEDS model: build it "
+                    "with openrlhf_meds.engine.client.engine_kwargs"
+                )
+            self.model = weakref.ref(model)
         return model
 
     def _set_slot(self, row: int, out: list[int]) -> None:
@@ -491,9 +504,8 @@ class MedsFeatureProcessor(LogitsProcessor):
         if self.awaiting:
             resolve = []
             for record in list(self.awaiting):
-                known = record.known()
-                resolve += [(record, p, y) for p, y in known]
-                if len(known) == len(record.hidden):
+                resolve += [(record, p, y) for p, y in record.known()]
+                if len(record.queued) == len(record.hidden):  # nothing left waiting for its y*
                     self.awaiting.discard(record)
             self._to_resolve(model, resolve)
         slots = self.slots if len(self.slots) <= num_rows else self.slots[:num_rows]  # as many, but for a dummy run
@@ -501,10 +513,11 @@ class MedsFeatureProcessor(LogitsProcessor):
             self.newest = np.empty(2 * len(slots), dtype=np.int64)
         newest_tokens(slots, self.newest)
         rows, flags = self.scanner.step(self.newest[: len(slots)])
-        exact, fallback = BraceScanner.EXACT, BraceScanner.FALLBACK
-        for row, kind in zip(rows.tolist(), flags.tolist()):
-            record = self.tagged[row][1]
-            fresh.append((row, record, len(record.out) - 1, (bool(kind & exact), bool(kind & fallback))))
+        if len(rows):
+            exact, fallback = BraceScanner.EXACT, BraceScanner.FALLBACK
+            for row, kind in zip(rows.tolist(), flags.tolist()):
+                record = self.tagged[row][1]
+                fresh.append((row, record, len(record.out) - 1, (bool(kind & exact), bool(kind & fallback))))
         if fresh:
             hidden = model.meds_batch_rows([row for row, *_ in fresh])
             for (_, record, p, kinds), candidate_rows in zip(fresh, hidden):
