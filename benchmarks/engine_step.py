@@ -229,7 +229,8 @@ def main(argv=None) -> int:
         window = feature_window(MedsConfig(), 28)
         pool = responses(tokenizer)
         brace_candidacy(pool[0], tokenizer)  # build the tokenizer's tables outside the timing
-        print(f"newest-token read: {vf.newest_tokens.__module__}.{vf.newest_tokens.__name__}; tensors on {args.device}")
+        scan = "engine/_scan.c" if vf._scan is not None else "Python and numpy (the C pass did not build)"
+        print(f"the rows' pass: {scan}; tensors on {args.device}")
         print(
             f"{'rows':>6} {'CPU ms/step':>12} {'median':>8} {'wall ms/step':>13} {'joins/step':>11} "
             f"{'candidates/step':>16} {'per-row rule ms/step':>21}"

@@ -1,40 +1,61 @@
-/* The newest token of every batch row, read in C: MedsFeatureProcessor's one pass per engine
- * step over the rows' live output lists (openrlhf_meds/engine/vllm_features.py). The same
- * loop in Python costs ~30-50 ns a row (a call and an int conversion per row), this one a few;
- * `newest_tokens` in vllm_features.py is the pure-Python fallback with the same result. */
+/* MedsFeatureProcessor's one pass per engine step over the rows' live output lists, in C
+ * (openrlhf_meds/engine/vllm_features.py, `scan_rows`): read each row's newest token and
+ * advance its BraceScanner state. The same in Python and numpy costs ~20 ns a row (a call and
+ * an int conversion per row, then array operations), this a few; vllm_features.py falls back
+ * to that where this module did not build. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-/* newest_tokens(rows: list[list[int]], out: writable buffer of >= len(rows) int64) -> None:
- * out[i] = rows[i][-1], or -1 for an empty list, a row that is not a list, or a token that
- * is not an int64. */
-static PyObject *newest_tokens(PyObject *self, PyObject *args) {
+/* scan(rows, classes, table, shift, state, hits) -> int: BraceScanner.step over the rows'
+ * newest tokens in one pass (openrlhf_meds/meds/answer.py). For row i: t = rows[i][-1] (-1
+ * without one), c = classes[t] (t outside 0..len(classes)-1: the last entry, "no token"),
+ * e = table[state[i] << shift | c]; state[i] = e & 255; when e >> 8 (the candidate flags) is
+ * not 0, hits[2k] = i and hits[2k + 1] = e >> 8. Returns k, the number of candidate rows.
+ * classes: int16, table: uint16, state: int16 (>= len(rows) each), hits: int64 (>= 2 x len(rows)). */
+static PyObject *scan(PyObject *self, PyObject *args) {
     PyObject *rows;
-    Py_buffer out;
-    if (!PyArg_ParseTuple(args, "O!w*", &PyList_Type, &rows, &out)) return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(rows);
-    if (out.len < n * (Py_ssize_t)sizeof(long long)) {
-        PyBuffer_Release(&out);
-        PyErr_Format(PyExc_ValueError, "newest_tokens: out holds %zd bytes, %zd rows need %zd", out.len, n,
-                     n * (Py_ssize_t)sizeof(long long));
+    Py_buffer classes, table, state, hits;
+    int shift;
+    if (!PyArg_ParseTuple(args, "O!y*y*iw*w*", &PyList_Type, &rows, &classes, &table, &shift, &state, &hits))
         return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(rows), k = 0;
+    Py_ssize_t n_classes = classes.len / 2, n_table = table.len / 2;
+    const short *cls = (const short *)classes.buf;
+    const unsigned short *tab = (const unsigned short *)table.buf;
+    short *st = (short *)state.buf;
+    long long *out = (long long *)hits.buf;
+    if (state.len < n * 2 || hits.len < n * 16 || n_classes < 1) {
+        PyErr_SetString(PyExc_ValueError, "scan: state or hits too short for the rows");
+        goto done;
     }
-    long long *dst = (long long *)out.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyList_GET_ITEM(rows, i);
-        long long token = -1;
+        long long t = -1;
         if (PyList_Check(row) && PyList_GET_SIZE(row) > 0) {
-            token = PyLong_AsLongLong(PyList_GET_ITEM(row, PyList_GET_SIZE(row) - 1));
-            if (token == -1 && PyErr_Occurred()) PyErr_Clear();
+            t = PyLong_AsLongLong(PyList_GET_ITEM(row, PyList_GET_SIZE(row) - 1));
+            if (t == -1 && PyErr_Occurred()) PyErr_Clear();
         }
-        dst[i] = token;
+        short c = cls[(t >= 0 && t < n_classes) ? t : n_classes - 1];
+        Py_ssize_t at = ((Py_ssize_t)st[i] << shift) | c;
+        unsigned short e = (at >= 0 && at < n_table) ? tab[at] : 0;
+        st[i] = (short)(e & 255);
+        if (e >> 8) {
+            out[2 * k] = i;
+            out[2 * k + 1] = e >> 8;
+            k++;
+        }
     }
-    PyBuffer_Release(&out);
-    Py_RETURN_NONE;
+done:
+    PyBuffer_Release(&classes);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&state);
+    PyBuffer_Release(&hits);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromSsize_t(k);
 }
 
 static PyMethodDef methods[] = {
-    {"newest_tokens", newest_tokens, METH_VARARGS, "out[i] = rows[i][-1] (-1 for an empty row)"},
+    {"scan", scan, METH_VARARGS, "BraceScanner.step over the rows' newest tokens, in one pass"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -319,16 +319,22 @@ _NO_TOKEN = [-1]
 _LAST = operator.itemgetter(-1)
 
 
-def newest_tokens_py(rows: list[list[int]], out: np.ndarray) -> None:
-    """out[i] = rows[i][-1] for rows that are non-empty lists (the processor's rows always
-    are): the Python fallback of `engine/_scan.c` (built by `pip install`, optional)."""
-    out[: len(rows)] = np.fromiter(map(_LAST, rows), dtype=np.int64, count=len(rows))
-
-
 try:
-    from ._scan import newest_tokens
-except ImportError:  # the C helper did not build: the same in Python (~4x slower per step)
-    newest_tokens = newest_tokens_py
+    from . import _scan
+except ImportError:  # the C pass did not build: the same in Python and numpy (~2x slower per step)
+    _scan = None
+
+
+def scan_rows(scanner: BraceScanner, rows: list[list[int]], hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`scanner.step` over each row's newest token (`rows[i][-1]`; the processor's rows are
+    never empty): `(candidate rows, their flags)`. In one C pass (`engine/_scan.c`) where it
+    built, else in Python and numpy; `hits`: int64 scratch of at least 2 x len(rows)."""
+    n = len(rows)
+    scanner.grow(n)
+    if _scan is None:
+        return scanner.step(np.fromiter(map(_LAST, rows), dtype=np.int64, count=n))
+    k = _scan.scan(rows, scanner.classes, scanner.table, scanner.shift, scanner.state, hits)
+    return hits[0 : 2 * k : 2], hits[1 : 2 * k : 2]
 
 
 class MedsFeatureProcessor(LogitsProcessor):
@@ -356,7 +362,7 @@ class MedsFeatureProcessor(LogitsProcessor):
             config.tokenizer, revision=config.tokenizer_revision, trust_remote_code=config.trust_remote_code
         )
         self.scanner = BraceScanner(self.tokenizer)  # row i's state follows slots[i]
-        self.newest = np.empty(0, dtype=np.int64)  # each step's newest token of every row
+        self.hits = np.empty(0, dtype=np.int64)  # scratch of scan_rows
         max_seqs = getattr(getattr(vllm_config, "scheduler_config", None), "max_num_seqs", None) or 256
         self.done_cap = 16 * max_seqs  # captures of requests that left the batch, not yet popped
         self.done: deque[tuple[str, _Capture, int]] = deque()  # (tag, record, its departure number)
@@ -509,10 +515,9 @@ class MedsFeatureProcessor(LogitsProcessor):
                     self.awaiting.discard(record)
             self._to_resolve(model, resolve)
         slots = self.slots if len(self.slots) <= num_rows else self.slots[:num_rows]  # as many, but for a dummy run
-        if len(self.newest) < len(slots):
-            self.newest = np.empty(2 * len(slots), dtype=np.int64)
-        newest_tokens(slots, self.newest)
-        rows, flags = self.scanner.step(self.newest[: len(slots)])
+        if len(self.hits) < 2 * len(slots):
+            self.hits = np.empty(4 * len(slots), dtype=np.int64)
+        rows, flags = scan_rows(self.scanner, slots, self.hits)
         if len(rows):
             exact, fallback = BraceScanner.EXACT, BraceScanner.FALLBACK
             for row, kind in zip(rows.tolist(), flags.tolist()):

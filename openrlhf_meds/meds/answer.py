@@ -169,7 +169,8 @@ class BraceScanner:
         self.state = np.zeros(0, dtype=np.int16)
         self._lists = None  # (classes, table) as Python lists, for `reset`
 
-    def _grow(self, rows: int) -> None:
+    def grow(self, rows: int) -> None:
+        """Hold states for at least `rows` rows (new ones at the start state)."""
         if rows > len(self.state):
             self.state = np.concatenate([self.state, np.full(rows - len(self.state), self.start, np.int16)])
 
@@ -182,7 +183,7 @@ class BraceScanner:
         newest token is a candidate, and their `EXACT` / `FALLBACK` bits (`brace_candidacy`
         of each stream after that token)."""
         n = len(last)
-        self._grow(n)
+        self.grow(n)
         entry = self._next(self.state[:n], self.classes[last])
         self.state[:n] = entry & 255
         rows = np.flatnonzero(entry >= 256)
@@ -192,7 +193,7 @@ class BraceScanner:
         """Row `row` now holds a stream whose tokens so far are `tokens` (only the last
         `context` matter: the match is at most `\\boxed{` long, the fallback's reach
         `BRACE_WINDOW`)."""
-        self._grow(row + 1)
+        self.grow(row + 1)
         if self._lists is None:  # Python lists: a few list lookups per token beat numpy scalars
             self._lists = (self.classes.tolist(), self.table.tolist())
         classes, table = self._lists
@@ -203,5 +204,5 @@ class BraceScanner:
 
     def swap(self, a: int, b: int) -> None:
         """Exchange rows a and b's states."""
-        self._grow(max(a, b) + 1)
+        self.grow(max(a, b) + 1)
         self.state[a], self.state[b] = self.state[b], self.state[a]

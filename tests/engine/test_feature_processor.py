@@ -154,23 +154,33 @@ def pop(model, tags, wanted):
     return vf.MedsWorkerWrap.meds_pop_captures(worker, tags, wanted)
 
 
-def test_newest_tokens_in_c_equal_the_python_fallback():
-    """engine/_scan.c (built by `pip install -e .`) reads rows[i][-1] as the Python fallback
-    does, -1 for a row without a token."""
+def test_c_scan_equals_the_brace_scanner(qwen_tokenizer):
+    """engine/_scan.c (built by `pip install -e .`) advances the rows' states and finds the
+    candidate rows as `BraceScanner.step` does on their newest tokens, step after step, with
+    rows that have no token (-1), ids past the vocabulary and odd rows."""
     from openrlhf_meds.engine import _scan
+    from openrlhf_meds.meds.answer import BraceScanner
 
-    assert vf.newest_tokens is _scan.newest_tokens  # the install built it: engines use it
+    assert vf._scan is _scan  # the install built it: engines use it
     rng = np.random.default_rng(0)
-    rows = [rng.integers(0, 152000, size=int(rng.integers(1, 50))).tolist() for _ in range(300)] + [vf._NO_TOKEN]
-    c, py = np.full(400, 7, np.int64), np.full(400, 7, np.int64)
-    _scan.newest_tokens(rows, c)
-    vf.newest_tokens_py(rows, py)
-    assert (c == py).all() and c[: len(rows)].tolist() == [r[-1] for r in rows] and (c[len(rows) :] == 7).all()
-    odd = np.zeros(3, np.int64)
-    _scan.newest_tokens([[], "x", [2**70]], odd)
-    assert odd.tolist() == [-1, -1, -1]
-    with pytest.raises(ValueError, match="newest_tokens"):
-        _scan.newest_tokens(rows, np.zeros(3, np.int64))
+    streams = rng.choice(ALPHABET + [151900, 200000, -1], size=(300, 40))
+    streams[::3, 5:8] = BOXED
+    c, py = BraceScanner(qwen_tokenizer), BraceScanner(qwen_tokenizer)
+    hits = np.zeros(600, np.int64)
+    found = 0
+    for t in range(40):
+        rows = [s[: t + 1].tolist() for s in streams]
+        got_rows, got_flags = vf.scan_rows(c, rows, hits)
+        want_rows, want_flags = py.step(streams[:, t])
+        assert got_rows.tolist() == want_rows.tolist() and got_flags.tolist() == want_flags.tolist()
+        assert (c.state == py.state).all()
+        found += len(got_rows)
+    assert found > 100
+    k = _scan.scan([[], "x", [2**70]], c.classes, c.table, c.shift, c.state, hits)
+    py.step(np.full(3, -1))  # no token in any of them
+    assert k == 0 and (c.state == py.state).all()
+    with pytest.raises(ValueError, match="too short"):
+        _scan.scan(rows, c.classes, c.table, c.shift, c.state, np.zeros(3, np.int64))
 
 
 @pytest.mark.parametrize("seed, read", [(0, "c"), (1, "c"), (2, "python")])
@@ -179,10 +189,10 @@ def test_captures_under_batch_churn_come_from_the_brace_rows(
 ):
     """Every finished response's feature is captured (no re-prefill needed), from the row of
     the last step at which the response ended at its `answer_target` brace, with any batch
-    churn; popping leaves the worker empty. With the C read of the newest tokens, and with
-    its Python fallback."""
+    churn; popping leaves the worker empty. With the C pass over the rows, and with its
+    Python fallback."""
     if read == "python":
-        monkeypatch.setattr(vf, "newest_tokens", vf.newest_tokens_py)
+        monkeypatch.setattr(vf, "_scan", None)
     processor = vf.MedsFeatureProcessor(processor_config, torch.device("cpu"), False)
     processor.done_cap = 10_000  # everything is popped at the end here, not group by group
     model = stand_in(engine_step, processor_config)
