@@ -124,13 +124,13 @@ def main(argv: list[str] | None = None):
         cpu = "--cpu" in argv or not _cuda_available()
     else:
         ours, config, rest = parse(argv)
-        cpu = ours.cpu
+        cpu, batch = ours.cpu, engine_batch(ours)
     if not cpu:
         if show_help:
             return _openrlhf_help()
         check_versions()
         replace = with_entropy_advantage(
-            replacements(config, dry_run=ours.dry_run, batch=engine_batch(ours)), settings_from_args(ours)
+            replacements(config, dry_run=ours.dry_run, batch=batch), settings_from_args(ours)
         )
         return run_train_ppo_ray(rest, replace)
     from .cpu.launch import PPO_CPU_FLAGS, cpu_mode, run_ppo  # CPU mode only
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None):
     rest = [*PPO_CPU_FLAGS, *rest]  # later flags win: the user's override these
     with cpu_mode():  # checks versions; the patches must be in before OpenRLHF is imported
         replace = with_entropy_advantage(
-            replacements(config, dry_run=ours.dry_run, batch=engine_batch(ours)), settings_from_args(ours)
+            replacements(config, dry_run=ours.dry_run, batch=batch), settings_from_args(ours)
         )
         if ours.dry_run:
             return run_train_ppo_ray(rest, replace)

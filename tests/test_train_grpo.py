@@ -52,9 +52,15 @@ def test_meds_flags_are_split_from_openrlhf_flags():
             ["--meds.knn_k", "5", "--meds.clustering", "single"],
             "--meds.knn_k 5 has no effect with --meds.clustering single",
         ),
+        (["--vllm.max_num_seqs", "0"], "--vllm.max_num_seqs must be a positive integer, got '0'"),
+        (["--vllm.max_num_batched_tokens", "4k"], "--vllm.max_num_batched_tokens must be a positive integer"),
+        (
+            ["--vllm.max_num_seqs", "1024", "--vllm.max_num_batched_tokens", "512"],
+            "--vllm.max_num_batched_tokens (512) must be at least --vllm.max_num_seqs (1024)",
+        ),
     ],
 )
-def test_bad_meds_flags_name_the_flag(argv, message, capsys):
+def test_bad_flags_name_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse(argv)
     assert message in capsys.readouterr().err
@@ -78,23 +84,6 @@ def test_engine_batch_flags_reach_every_rollout_engine_factory():
         assert (engines.config is None) == (extra[-1:] == ["false"] and "--meds.diversity" in extra)
     ours, config, _ = parse([])
     assert engine_batch(ours) == {"max_num_seqs": None, "max_num_batched_tokens": None}  # vLLM's device default
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--vllm.max_num_seqs", "0"], "--vllm.max_num_seqs must be a positive integer, got '0'"),
-        (["--vllm.max_num_batched_tokens", "4k"], "--vllm.max_num_batched_tokens must be a positive integer"),
-        (
-            ["--vllm.max_num_seqs", "1024", "--vllm.max_num_batched_tokens", "512"],
-            "--vllm.max_num_batched_tokens (512) must be at least --vllm.max_num_seqs (1024)",
-        ),
-    ],
-)
-def test_bad_engine_batch_flags_name_the_flag(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        parse(argv)
-    assert message in capsys.readouterr().err
 
 
 # Without CUDA, --help alone takes the --cpu path (OpenRLHF's script imports only under CPU

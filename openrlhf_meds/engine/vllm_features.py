@@ -342,10 +342,10 @@ class MedsFeatureProcessor(LogitsProcessor):
     what they need: a re-prefill's per-layer logits, or a tagged generation's candidate
     rows (in-stream capture). Leaves the logits unchanged.
 
-    A step costs no Python work per row: the newest token of every batch row is read in one
-    C-level pass over `slots` (each tagged row's live output list), and `BraceScanner` (a few
-    array operations over all rows) says which rows end at a brace candidate; only those,
-    candidates waiting for their y*, and rows joining the batch reach Python. Everything a
+    A step costs no Python work per row: `scan_rows` reads the newest token of every batch row
+    from `slots` (each tagged row's live output list) and advances its `BraceScanner` state in
+    one pass, which says which rows end at a brace candidate; only those, candidates waiting
+    for their y*, and rows joining the batch reach Python. Everything a
     step needs (tokenizer, tables) is built here, when the engine starts.
 
     Captures of requests that left the batch (finished, preempted or aborted) stay until the
