@@ -110,19 +110,20 @@ def shard_logits(
     `hidden`: [rows, layers, H]; `weight` (and `bias`): this rank's lm_head rows, which hold
     vocabulary ids `start .. end-1` in order; `targets`: the rows' y* ids as Python ints.
     Returns float32 [rows, layers], zero for rows whose y* another rank owns: summing every
-    rank's share gives the logits. The lm_head rows are taken by integer indexing (views),
-    so no index tensor travels from the host to the device (no blocking copy in a step).
+    rank's share gives the logits. The lm_head rows are gathered by one `index_select` whose
+    index is built in pinned host memory (on CUDA) and copied without blocking: the step never
+    waits for the device, and a batch costs a few ops whatever its size.
     """
     own = [start <= int(y) < end for y in targets]
-    zero = weight.new_zeros(weight.shape[1:])
-    rows = torch.stack([weight[int(y) - start] if o else zero for y, o in zip(targets, own)])
-    logits = torch.einsum("rkh,rh->rk", hidden.float(), rows.float())
+    local = [int(y) - start if o else 0 for y, o in zip(targets, own)]
+    everyone = all(own)  # always with one rank: no mask to send
+    index = torch.tensor(local if everyone else [local, own], dtype=torch.long, pin_memory=weight.is_cuda)
+    index = index.to(weight.device, non_blocking=True)
+    rows = index if everyone else index[0]
+    logits = torch.einsum("rkh,rh->rk", hidden.float(), weight.index_select(0, rows).float())
     if bias is not None:
-        none = bias.new_zeros(())
-        logits = (
-            logits + torch.stack([bias[int(y) - start] if o else none for y, o in zip(targets, own)]).float()[:, None]
-        )
-    return logits
+        logits = logits + bias.index_select(0, rows).float()[:, None]
+    return logits if everyone else logits * index[1, :, None]
 
 
 class _MedsFeatures:
