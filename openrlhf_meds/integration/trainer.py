@@ -76,6 +76,25 @@ def diversity_metrics(experiences) -> dict[str, float]:
     return metrics
 
 
+def group_metrics(experiences, n: int) -> dict[str, float]:
+    """`groups/*` of a step's batch, after its advantages: `kept` groups (what the dynamic
+    filter let through, or every group), `all_wrong` groups by the raw score, and
+    `all_wrong_nonzero_adv` rollouts of all-wrong groups whose advantage is not zero (none
+    under the raw-score filter; with GRPO, MEDS's penalties give them one)."""
+    if any(e.scores is None or e.advantages is None for e in experiences):
+        return {}  # no verifier scores (a reward model), or an estimator without advantages
+    order = torch.tensor([i for e in experiences for i in e.index]).argsort()
+    scores = torch.cat([e.scores.float().reshape(-1) for e in experiences])[order].reshape(-1, n)
+    moved = torch.cat([(e.advantages.float() * e.action_mask).abs().amax(-1) for e in experiences])
+    all_wrong = (scores < 0.5).all(-1)
+    nonzero = (moved[order].reshape(-1, n) > 1e-6)[all_wrong]
+    return {
+        "groups/kept": float(len(scores)),
+        "groups/all_wrong": float(all_wrong.sum()),
+        "groups/all_wrong_nonzero_adv": float(nonzero.sum()),
+    }
+
+
 def reprefill_metrics(experiences) -> dict[str, float]:
     """`meds/feature_reprefills`: the fraction of the step's rollouts whose vLLM feature took
     a re-prefill (0 when the engines captured every one in-stream). Pops the tag."""
@@ -159,7 +178,9 @@ class MedsExperienceMaker(RemoteExperienceMaker):
             for e in experiences:
                 for tag in (GROUP_ID, ROLLOUT, HAS_FEATURE):
                     e.info.pop(tag, None)
-        return super().compute_advantages_and_returns(experiences)
+        experiences = super().compute_advantages_and_returns(experiences)
+        self.step_metrics.update(group_metrics(experiences, self.strategy.args.rollout.n_samples_per_prompt))
+        return experiences
 
     def shape_rewards(self, experiences) -> dict:
         """Replace each experience's rewards by the MEDS-shaped ones; return step metrics."""

@@ -15,22 +15,44 @@ def test_dataset_is_a_function_of_the_seed():
     assert arith.make_dataset(3, 50) != arith.make_dataset(4, 50)
 
 
-def test_rows_are_correct_sums_in_the_prompt_format():
-    for row in arith.make_dataset(0, 200, max_operand=99):
-        a, b = map(int, row["prompt"].split("What is ")[1].split("?")[0].split(" + "))
-        assert 0 <= a <= 99 and 0 <= b <= 99
-        assert row["label"] == str(a + b)
-        assert row["solution"] == f"{a} + {b} = \\boxed{{{a + b}}}"
+def digits_of(prompt: str) -> list[int]:
+    question = prompt.split("Which is the largest of ")[1].split("?")[0]
+    return [int(d) for d in question.replace(" and ", ", ").split(", ")]
+
+
+def test_rows_are_correct_maxima_in_the_prompt_format():
+    for row in arith.make_dataset(0, 200):
+        digits = digits_of(row["prompt"])
+        assert len(digits) == 3 and len(set(digits)) == 3 and all(0 <= d <= 9 for d in digits)
+        assert row["label"] == str(max(digits))
+        assert row["solution"] == f"max({', '.join(map(str, digits))}) = \\boxed{{{max(digits)}}}"
         assert row["prompt"].startswith("<|im_start|>user\n") and row["prompt"].endswith("<|im_start|>assistant\n")
 
 
+def test_every_answer_is_its_own_first_answer_token():
+    """The task's premise for MEDS: y*, the first token after the final `\\boxed{`, is the
+    whole answer, a different token for each answer."""
+    from openrlhf_meds.demo.toy import build_qwen_tokenizer
+    from openrlhf_meds.meds.answer import answer_target
+
+    tok = build_qwen_tokenizer()
+    assert arith.answer_space() == [str(d) for d in range(2, 10)]
+    y_stars = {}
+    for _, answer, solution in (arith.make_problem(p) for p in arith.problems()[::37]):
+        ids = tok.encode(solution + arith.EOS, add_special_tokens=False)
+        p, y = answer_target(ids, tok)
+        assert tok.decode([y]) == str(answer) and ids[p + 2] == tok.encode("}", add_special_tokens=False)[0]
+        y_stars.setdefault(answer, set()).add(y)
+    assert all(len(ys) == 1 for ys in y_stars.values()) and len({min(ys) for ys in y_stars.values()}) == len(y_stars)
+
+
 def test_bad_sizes_are_refused():
-    with pytest.raises(ValueError, match="max_operand"):
-        arith.make_dataset(0, 10, max_operand=0)
+    with pytest.raises(ValueError, match="n >= 1"):
+        arith.make_dataset(0, 0)
 
 
 def test_write_task_files(tmp_path):
-    paths = arith.write_task(str(tmp_path), seed=1, n_sft=5, n_rl=7, max_operand=9)
+    paths = arith.write_task(str(tmp_path), seed=1, n_sft=5, n_rl=7)
     sft = [json.loads(line) for line in open(paths["sft"])]
     rl = [json.loads(line) for line in open(paths["prompts"])]
     assert len(sft) == 5 and len(rl) == 7
@@ -87,17 +109,17 @@ def test_reward_file_through_openrlhf_executor():
     assert [r["extra_logs"]["boxed"].item() for r in results] == [1.0, 1.0, 0.0]
 
 
-def test_write_split_gives_distinct_train_and_heldout_sums(tmp_path):
+def test_write_split_gives_distinct_train_and_heldout_problems(tmp_path):
     paths = arith.write_split(str(tmp_path), 16, 32)
     rows = {name: [json.loads(line) for line in open(path)] for name, path in paths.items()}
     ids = {name: [r["id"] for r in rs] for name, rs in rows.items()}
     assert len(ids["train"]) == 16 and len(ids["heldout"]) == 32
     assert len(set(ids["train"] + ids["heldout"])) == 48  # distinct, and none held out is trained on
     for r in rows["train"] + rows["heldout"]:
-        a, b = map(int, r["id"].split("+"))
-        assert r["label"] == r["answer"] == str(a + b) and r["prompt"] == r["problem"]
-        assert f"What is {a} + {b}?" in r["prompt"]
+        digits = [int(d) for d in r["id"].split(",")]
+        assert r["label"] == r["answer"] == str(max(digits)) and r["prompt"] == r["problem"]
+        assert digits_of(r["prompt"]) == digits
     assert arith.write_split(str(tmp_path / "again"), 16, 32)  # a function of the seed:
     assert open(paths["heldout"]).read() == open(tmp_path / "again" / "heldout.jsonl").read()
-    with pytest.raises(ValueError, match="distinct sums"):
-        arith.write_split(str(tmp_path), 90, 20)
+    with pytest.raises(ValueError, match="distinct problems"):
+        arith.write_split(str(tmp_path), 700, 21)

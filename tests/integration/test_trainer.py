@@ -16,7 +16,7 @@ from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
 from openrlhf_meds.integration.openrlhf import run_train_ppo_ray
 from openrlhf_meds.integration.rollout_actor import GROUP_ID, HAS_FEATURE, ROLLOUT
-from openrlhf_meds.integration.trainer import MedsExperienceMaker
+from openrlhf_meds.integration.trainer import MedsExperienceMaker, group_metrics
 from openrlhf_meds.meds import MedsConfig, group_advantages, shape_rewards
 from openrlhf_meds.memory.client import MemoryClient
 
@@ -144,6 +144,23 @@ def test_shaped_rewards_drive_group_advantages(memory):
     assert m["meds/no_feature_frac"] == pytest.approx(4 / 8)
     assert m["meds/raw_reward_mean"] == pytest.approx(3 / 8)
     assert m["meds/shaped_reward_mean"] == pytest.approx(shaped.mean())
+    assert (m["groups/kept"], m["groups/all_wrong"], m["groups/all_wrong_nonzero_adv"]) == (2, 0, 0)
+
+
+def test_group_metrics_count_all_wrong_groups_that_still_move():
+    """groups/*: rollouts are regrouped by OpenRLHF's `index` across micro-batches; an all-wrong
+    group counts its rollouts whose advantage is not zero on some response token."""
+    exps = [
+        experience([0, 0, 1], [0, 0, 1], [0] * 3, [0] * 3, [1] * 3, [0, 5, 6]),
+        experience([0] * 5, [0] * 5, [0] * 5, [0] * 5, [1] * 5, [1, 2, 3, 4, 7]),
+    ]
+    # group 0 (index 0-3) all wrong: rollouts 0 and 1 moved by MEDS; group 1 (4-7) mixed
+    exps[0].advantages = torch.tensor([[0.0] * 4 + [-0.7], [0.3] * 5, [0.9] * 5])
+    exps[1].advantages = torch.tensor([[0.4] * 5, [0.0] * 5, [0.0] + [-0.2] * 4, [0.5] * 5, [0.1] * 5])
+    exps[1].action_mask[2, 1:] = False  # rollout 3's values are on masked tokens only: it did not move
+    assert group_metrics(exps, 4) == {"groups/kept": 2.0, "groups/all_wrong": 1.0, "groups/all_wrong_nonzero_adv": 2.0}
+    exps[0].advantages[0] = 0.0  # rollout 0
+    assert group_metrics(exps, 4)["groups/all_wrong_nonzero_adv"] == 1.0
 
 
 def test_rollouts_without_group_tags_are_refused(memory):
