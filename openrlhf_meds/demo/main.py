@@ -83,9 +83,10 @@ PAIRS = {
     },
     "grpo": {
         "name": "GRPO",
-        "setting": "GRPO: no filter (all-wrong groups reach MEDS), clip 0.2, one optimizer step a step",
+        "setting": "GRPO: no filter (all-wrong groups reach MEDS), clip 0.2, token-mean loss, no KL, "
+        "4 optimizer steps a step",
         "pool": 8,  # the same 8 problems every step, so mistakes come back
-        "flags": [],
+        "flags": ["--train.batch_size", "16", "--actor.adam.lr", "5e-4"],  # as DAPO's: only the filter and clip differ
     },
 }
 # Summary lines of the diversity metrics (docs/diversity.md), MEDS and baseline side by side.
@@ -129,7 +130,7 @@ def heldout_pass_at_k(run: dict, step: str = "last") -> dict[int, float]:
     return out
 
 
-def plot(scalars: dict, path: str, baseline: dict | None = None, name: str = "GRPO"):
+def plot(scalars: dict, path: str, baseline: dict | None = None, setting: str = "GRPO"):
     """The CURVES of the MEDS run ({tag: {step: value}}) and the baseline's where it has them
     (train/div/*), and held-out pass@k against k (SFT'd model, both runs' last step) as a PNG."""
     import matplotlib
@@ -138,7 +139,7 @@ def plot(scalars: dict, path: str, baseline: dict | None = None, name: str = "GR
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 3, figsize=(13, 9.5))
-    runs = ((scalars, f"{name} + MEDS", "C1"), (baseline or {}, f"{name} (--meds.enable false)", "C0"))
+    runs = ((scalars, f"{setting} + MEDS", "C1"), (baseline or {}, f"{setting} (--meds.enable false)", "C0"))
     for ax, (tag, label) in zip(axes.flat, CURVES.items()):
         for run, name, color in runs:
             points = run.get(tag, {})
@@ -159,7 +160,7 @@ def plot(scalars: dict, path: str, baseline: dict | None = None, name: str = "GR
     ax.set_title(f"held-out pass@k ({HELD_OUT} problems, n={HELD_OUT_N})", fontsize=10)
     ax.set_xlabel("k")
     ax.legend(fontsize=8)
-    fig.suptitle(f"{name} + MEDS vs {name} on OpenRLHF (tiny Qwen2, CPU demo)")
+    fig.suptitle(f"{setting} + MEDS vs {setting} on OpenRLHF (tiny Qwen2, CPU demo)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -9,7 +9,9 @@ from openrlhf_meds.demo.main import (
     DIVERSITY,
     HELD_OUT_TAG,
     diversity_lines,
+    filter_lines,
     heldout_lines,
+    main,
     plot,
     step_time_lines,
     train_side_by_side,
@@ -97,3 +99,27 @@ def test_a_dead_run_fails_the_demo_but_does_not_block_the_other(tmp_path, capsys
     with pytest.raises(SystemExit, match=r"the b run failed \(exit code 3\); its output: .*b/train.log"):
         train_side_by_side(runs, 2, program=(sys.executable, "-c", FAKE_RUN))
     assert "a: step 2/2 done, 2.5 s" in capsys.readouterr().out  # run a took all its turns
+
+
+def test_filter_lines_count_the_kept_groups_and_the_all_wrong_ones_that_moved():
+    dapo = {
+        "train/groups/kept": {1: 8.0, 2: 6.0},
+        "train/groups/all_wrong": {1: 0.0, 2: 0.0},
+        "train/groups/all_wrong_nonzero_adv": {1: 0.0, 2: 0.0},
+        # OpenRLHF's pass rate counts kept rollouts (8 a group) per prompt: 8 of 10, 6 of 8
+        "train/dynamic_filtering_pass_rate": {1: 640.0, 2: 600.0},
+    }
+    grpo = {"train/groups/kept": {1: 8.0}, "train/groups/all_wrong": {1: 3.0}}
+    grpo["train/groups/all_wrong_nonzero_adv"] = {1: 13.0}
+    title, a, b = filter_lines({"DAPO + MEDS": dapo, "GRPO + MEDS": grpo})
+    assert title == "groups (all steps)"
+    assert "kept 14 of 18 generated (78%); all wrong among the kept: 0;" in a and a.endswith("advantage: 0")
+    assert "kept 8 of 8 generated (100%); all wrong among the kept: 3;" in b and b.endswith("advantage: 13")
+
+
+@pytest.mark.parametrize("argv", [["--steps", "3"], ["--steps", "0"], ["--pair", "ppo"]])
+def test_bad_demo_flags_are_refused_before_any_work(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--work-dir", str(tmp_path / "demo")])
+    assert e.value.code == 2 and not (tmp_path / "demo").exists()
+    assert "--steps must be a multiple of 2" in capsys.readouterr().err or argv[0] == "--pair"
