@@ -55,7 +55,7 @@ import numpy as np
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
 from openrlhf_meds.meds.clustering import normalize_rows, recluster
-from openrlhf_meds.memory.client import shard_of
+from openrlhf_meds.memory.routing import shard_of
 from openrlhf_meds.memory.wal import read_manifest, snapshot_files, write_manifest
 
 MODES = 8  # error modes per prompt: the first half for wrong rollouts, the second for right ones

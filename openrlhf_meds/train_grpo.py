@@ -20,16 +20,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .integration.entropy_advantage import add_entropy_advantage_args, settings_from_args, with_entropy_advantage
+from .integration.entropy_advantage import add_entropy_advantage_args, settings_from_args
 from .integration.openrlhf import (
     add_engine_batch_args,
     check_openrlhf_args,
-    check_versions,
     engine_batch,
     replacements,
     run_train_ppo_ray,
 )
 from .meds.config import MedsConfig, add_meds_args, config_from_args
+from .versions import check_versions
 
 __all__ = ["build_parser", "check_openrlhf_args", "main", "parse"]
 
@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, MedsConfig, list[str]]:
-    """Split argv into our flags (--meds.*, --cpu, --dry_run) and OpenRLHF's."""
+    """The one place a command line is resolved: our flags (--meds.*, --entropy_adv.*,
+    --vllm.max_num_*, --cpu, --dry_run), validated, with `ours.entropy` (the entropy-bonus
+    settings) and `ours.batch` (the engines' batch limits); the MEDS config; OpenRLHF's flags."""
     ours_parser = build_parser()
     ours, rest = ours_parser.parse_known_args(argv)
     unknown = [a.split("=")[0] for a in rest if a.startswith("--meds.")]
@@ -72,8 +74,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, MedsConfig, list[str]]:
     model = _flag_value(rest, "--actor.model_name_or_path")
     try:
         config = config_from_args(ours, model_path=model)
-        settings_from_args(ours)  # --entropy_adv.*: ranges and the flag without effect
-        engine_batch(ours)  # --vllm.max_num_seqs / max_num_batched_tokens together
+        ours.entropy = settings_from_args(ours)  # --entropy_adv.*: ranges and the flag without effect
+        ours.batch = engine_batch(ours)  # --vllm.max_num_seqs / max_num_batched_tokens together
     except ValueError as e:
         ours_parser.error(str(e))
     given = {a.split("=")[0] for a in rest}
@@ -113,8 +115,9 @@ def _openrlhf_help() -> None:
     raise SystemExit(0)
 
 
-def main(argv: list[str] | None = None):
-    """Run OpenRLHF's train_ppo_ray with MEDS (or print the help, or the dry-run configuration)."""
+def main(argv: list[str] | None = None, sync_trainer=None, on_checked=None):
+    """Run OpenRLHF's train_ppo_ray with MEDS (or print the help, or the dry-run configuration).
+    `sync_trainer`, `on_checked`: see `integration.openrlhf.replacements`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     show_help = "-h" in argv or "--help" in argv
     if show_help:  # before any check of the other flags, as argparse does
@@ -124,15 +127,18 @@ def main(argv: list[str] | None = None):
         cpu = "--cpu" in argv or not _cuda_available()
     else:
         ours, config, rest = parse(argv)
-        cpu, batch = ours.cpu, engine_batch(ours)
+        cpu = ours.cpu
+
+    def build():  # under CPU mode's patches with --cpu: OpenRLHF is imported here
+        return replacements(
+            config, ours.dry_run, ours.batch, sync_trainer=sync_trainer, entropy=ours.entropy, on_checked=on_checked
+        )
+
     if not cpu:
         if show_help:
             return _openrlhf_help()
         check_versions()
-        replace = with_entropy_advantage(
-            replacements(config, dry_run=ours.dry_run, batch=batch), settings_from_args(ours)
-        )
-        return run_train_ppo_ray(rest, replace)
+        return run_train_ppo_ray(rest, build())
     from .cpu.launch import PPO_CPU_FLAGS, cpu_mode, run_ppo  # CPU mode only
 
     if show_help:
@@ -140,9 +146,7 @@ def main(argv: list[str] | None = None):
             return _openrlhf_help()
     rest = [*PPO_CPU_FLAGS, *rest]  # later flags win: the user's override these
     with cpu_mode():  # checks versions; the patches must be in before OpenRLHF is imported
-        replace = with_entropy_advantage(
-            replacements(config, dry_run=ours.dry_run, batch=batch), settings_from_args(ours)
-        )
+        replace = build()
         if ours.dry_run:
             return run_train_ppo_ray(rest, replace)
     return run_ppo(rest, replace=replace)

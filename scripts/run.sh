@@ -2,6 +2,7 @@
 # The project's front door (the README's two commands):
 #   bash scripts/run.sh demo    install into ./.venv if needed, then run the CPU demo
 #   bash scripts/run.sh test    install into ./.venv if needed, then lint (ruff) and run the whole test suite
+#   bash scripts/run.sh test --fast   the same, but only the tests not marked slow (a few minutes)
 #   bash scripts/run.sh bench NAME [ARGS]   run benchmarks/NAME.py
 # The install is redone only when requirements/cpu.txt or setup.py change.
 set -euo pipefail
@@ -44,9 +45,11 @@ cmd=${1:-}
 case "$cmd" in
   demo) exec "$VENV/bin/python" -m openrlhf_meds.demo "$@" ;;
   test)
+    lane=()
+    if [ "${1:-}" = "--fast" ]; then lane=(-m "not slow"); shift; fi
     "$VENV/bin/ruff" check . || { echo "[run.sh] ruff check failed (fix, or: .venv/bin/ruff check --fix .)" >&2; exit 1; }
     "$VENV/bin/ruff" format --check . || { echo "[run.sh] not formatted: run .venv/bin/ruff format ." >&2; exit 1; }
-    exec "$VENV/bin/python" -m pytest "$@" ;;
+    exec "$VENV/bin/python" -m pytest "${lane[@]}" "$@" ;;
   bench) name=$1; shift; exec "$VENV/bin/python" "benchmarks/$name.py" "$@" ;;
-  *) echo "usage: bash scripts/run.sh demo|test|bench NAME [args]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/run.sh demo|test [--fast]|bench NAME [args]" >&2; exit 2 ;;
 esac

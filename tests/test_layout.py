@@ -1,5 +1,6 @@
 """The tree keeps its architecture: the algorithm layer stays free of Ray, vLLM and OpenRLHF,
-CPU mode stays out of GPU runs, and the README and docs name only paths that exist."""
+no module imports one that imports it back, CPU mode stays out of GPU runs, and the README
+and docs name only paths that exist."""
 
 import ast
 import os
@@ -38,6 +39,65 @@ def test_entry_point_loads_no_cpu_mode():
     loaded = _fresh_modules("import openrlhf_meds.train_grpo, openrlhf_meds.integration.openrlhf")
     assert "openrlhf_meds.train_grpo" in loaded
     assert not any(m == "openrlhf_meds.cpu" or m.startswith("openrlhf_meds.cpu.") for m in loaded)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """{module: the package modules it imports}, every import statement counted (a function's
+    too: a cycle through a deferred import is still a cycle a reader has to hold)."""
+    paths = {}
+    for root, _, files in os.walk(PACKAGE):
+        for f in files:
+            if f.endswith(".py"):
+                name = os.path.relpath(os.path.join(root, f), REPO)[:-3].replace(os.sep, ".")
+                paths[name.removesuffix(".__init__")] = os.path.join(root, f)
+    graph = {}
+    for name, path in paths.items():
+        package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+                found |= {f"{module}.{a.name}" if f"{module}.{a.name}" in paths else module for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[name] = {m for m in found if m in paths and m != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on.discard(component[-1])
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_in_the_package():
+    graph = _module_graph()
+    assert "openrlhf_meds.memory.routing" in graph["openrlhf_meds.memory.actor"]  # the graph sees imports
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # and finds one
 
 
 def _imports_of_cpu(path: str) -> list[tuple[int, str]]:
@@ -134,3 +194,29 @@ def test_the_path_finder_finds_paths():
 
 def test_readme_is_short():
     assert len(open(os.path.join(REPO, "README.md")).read().splitlines()) <= 200
+
+
+@pytest.mark.parametrize("lane", [[], ["--fast"]])
+def test_the_fast_lane_leaves_out_the_slow_tests(lane):
+    command = ["bash", os.path.join(REPO, "scripts", "run.sh"), "test", *lane]
+    out = subprocess.run(
+        [*command, "--collect-only", "-q", "tests/demo/test_task.py"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    slow = "test_task.py::test_reward_file_through_openrlhf_executor"
+    assert ("test_task.py::test_score" in out.stdout) and ((slow in out.stdout) == (not lane)), out.stdout
+
+
+@pytest.mark.parametrize("package", ["integration", "tools", "memory"])
+def test_every_module_is_named_in_the_readme_tree_and_its_package_docstring(package):
+    folder = os.path.join(PACKAGE, package)
+    modules = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py")
+    readme = open(os.path.join(REPO, "README.md")).read().splitlines()
+    row = next(line for line in readme if line.startswith(f"| `openrlhf_meds/{package}/`"))
+    docstring = ast.get_docstring(ast.parse(open(os.path.join(folder, "__init__.py")).read())) or ""
+    assert modules and [m for m in modules if f"`{m}.py`" not in row] == [], row
+    assert [m for m in modules if f"`{m}" not in docstring] == [], docstring

@@ -1,7 +1,7 @@
 # Shared settings of the official Qwen2.5-Math-7B runs (the official MEDS repository's run scripts),
 # sourced by train_{meds,dapo,grpo,grpo_entropy}_qwen2.5_math_7b.sh. Each recipe maps every
 # official value to OpenRLHF 0.11.2's flags; where OpenRLHF cannot express one, a --reason
-# below says what differs and why. `DRY_RUN=1` checks this with `python -m openrlhf_meds.recipes`:
+# below says what differs and why. `DRY_RUN=1` checks this with `python -m openrlhf_meds.tools.check_recipe`:
 # a table of setting, official value, this run; a difference without a reason fails.
 #
 # Environment:
@@ -92,7 +92,7 @@ COMMON=(
   --rollout.micro_batch_size 16 --train.micro_batch_size 4
 )
 
-# Differences every Qwen2.5-Math-7B recipe has (SETTING=WHY; setting ids: openrlhf_meds/recipes.py).
+# Differences every Qwen2.5-Math-7B recipe has (SETTING=WHY; setting ids: openrlhf_meds/tools/official_runs.py).
 REASONS=(
   --reason "advantage_eps=OpenRLHF's group_norm adds a fixed 1e-9 to the std. A group whose rewards are all equal gets advantage 0 either way; any other group of 16 rollouts scoring 0 or 1 has a std of at least ~0.2, where 1e-6 instead of 1e-9 changes the advantages by less than 5e-6 of their value"
   --reason "weight_decay_scope=OpenRLHF's DeepSpeed AdamW exempts biases and norm weights from weight decay (get_optimizer_grouped_parameters); the official optimizer decays every parameter, which shrinks those few by lr x decay of their value per update"
@@ -158,7 +158,7 @@ launch() {
   # shellcheck disable=SC2206
   local extra=(${EXTRA_ARGS:-})
   if [ "${DRY_RUN:-0}" = 1 ]; then
-    (cd "$repo" && "${PYTHON:-python}" -m openrlhf_meds.recipes "$run" --num_prompts "$NUM_PROMPTS" \
+    (cd "$repo" && "${PYTHON:-python}" -m openrlhf_meds.tools.check_recipe "$run" --num_prompts "$NUM_PROMPTS" \
       "${reasons[@]}" -- "${COMMON[@]}" "$@" "${extra[@]}")
   else
     mkdir -p "$SAVE"

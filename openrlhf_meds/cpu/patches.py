@@ -13,10 +13,8 @@ import importlib.machinery
 import os
 import sys
 
-from openrlhf_meds.integration import openrlhf
+from openrlhf_meds import versions
 
-# The internals below were read in exactly these versions.
-VERSIONS = {**openrlhf.VERSIONS, "deepspeed": "0.19.6"}
 FALLBACK_DIR = os.path.join(os.path.dirname(__file__), "fallback")
 
 _PATCHES: dict[str, list] = {}  # module name -> patch functions to run once it is imported
@@ -32,8 +30,8 @@ def _after_import(module_name: str):
 
 
 def check_versions() -> None:
-    """Raise a RuntimeError naming each package whose version differs from `VERSIONS`."""
-    openrlhf.check_versions(VERSIONS, what="openrlhf_meds CPU mode")
+    """Raise a RuntimeError naming each package whose version differs from `versions.CPU_VERSIONS`."""
+    versions.check_versions(versions.CPU_VERSIONS, what="openrlhf_meds CPU mode")
 
 
 class _PatchAfterImport:

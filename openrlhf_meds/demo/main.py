@@ -12,7 +12,7 @@ paper's setting (DAPO + MEDS), next to the same run without it.
    advantages; the engine also samples held-out problems before training and at the last
    step (pass@k, OpenRLHF's evaluation);
 4. the same training with `--meds.enable false` (plain DAPO, same prompts and seed), at the
-   same time: the two processes take turns step by step (`integration/turns.py`), so both
+   same time: the two processes take turns step by step (`demo/turns.py`), so both
    step times are measured under the same conditions;
 5. print both side by side (the filter's counts, accuracy, repeated errors, distinct answers,
    eigen ratio, held-out pass@k, step times) and plot the curves of both.
@@ -40,9 +40,9 @@ import threading
 import time
 
 from ..cpu.launch import PPO_CPU_FLAGS
-from ..integration.turns import TURNS_ENV
 from . import task as arith
 from .sft import grpo_argv, measure_start, sft_tiny_model
+from .turns import TURNS_ENV
 
 CURVES = {  # tensorboard tag -> label
     "train/div/pass@1": "accuracy of the rollouts (raw reward)",
@@ -222,12 +222,12 @@ def train(task: dict, out_dir: str, steps: int, meds: bool = True, extra=(), **k
 STEP_LINE = re.compile(r"Global step (\d+): .*'timing/step_total': ([0-9.]+)")
 
 
-TRAIN_GRPO = (sys.executable, "-m", "openrlhf_meds.train_grpo")
+TRAIN_GRPO = (sys.executable, "-m", "openrlhf_meds.demo.turns")  # train_grpo with the turn-taking trainer
 
 
 def train_side_by_side(runs: dict[str, tuple[str, list[str]]], steps: int, program=TRAIN_GRPO) -> dict[str, dict]:
     """Run `train_grpo` (`program`) with each of `runs` ({name: (out_dir, argv)}) at once, one
-    process each, taking turns step by step (`integration/turns.py`), so that their step times
+    process each, taking turns step by step (`demo/turns.py`), so that their step times
     are measured under the same conditions. Each run's output goes to `out_dir`/train.log; one
     line per step is printed here. Returns {name: scalars}; exits non-zero, with the failed
     log's end, if a run fails (the others still finish: a dead run's turns pass on)."""

@@ -56,7 +56,7 @@ def engine_kwargs(model: str, config: MedsConfig, trust_remote_code: bool = Fals
     """
     from transformers import AutoConfig
 
-    from .vllm_features import check_vllm_version
+    from ..versions import check_vllm_version
 
     check_vllm_version()
     hf_config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)

@@ -74,27 +74,14 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from ..meds.answer import BraceScanner, brace_candidacy
+from ..versions import check_vllm_version
 
-VLLM_SERIES = "0.29."
 EXTRA_ARG = "meds_target"  # SamplingParams.extra_args key of a re-prefill: (tag, y*)
 CAPTURE_ARG = "meds_capture"  # SamplingParams.extra_args key of a generation to capture: tag
 
 # This process's MEDS models, by id(vllm_config): the logits processor finds its model here
 # (the model runner passes the same VllmConfig object to both).
 _MODELS: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
-
-
-def check_vllm_version(version: str | None = None) -> None:
-    """Raise RuntimeError unless vLLM is 0.29.x (the internals used here are pinned)."""
-    if version is None:
-        import vllm
-
-        version = vllm.__version__
-    if not version.startswith(VLLM_SERIES):
-        raise RuntimeError(
-            f"openrlhf_meds.engine needs vLLM {VLLM_SERIES}x (it relies on vLLM internals, "
-            f"see patches/README.md), but vllm {version} is installed"
-        )
 
 
 def shard_logits(

@@ -5,7 +5,9 @@ its log-probs (`PolicyModelActor.forward`, dispatched by `RemoteExperienceMaker.
 `MedsPolicyModelActor` hooks the decoder layers during that same forward (no extra forward,
 no `output_hidden_states`): one hidden row per needed layer at each rollout's answer brace,
 turned into the feature (`openrlhf_meds.meds.features`) right after the forward.
-`actor_features` then collects them in the experience maker's `samples_list` order.
+`actor_features` then collects them in the experience maker's `samples_list` order, and
+`submit_actor_features` sends each prompt group to the memory and tags its samples, as the
+rollout engines do with `--meds.feature_source vllm`.
 
 Use it when the vLLM feature patch (`--meds.feature_source vllm`) cannot run; the cost is
 that features arrive after the whole batch is generated, not while it is generated.
@@ -26,6 +28,15 @@ from openrlhf.trainer.ray.ppo_actor import PolicyModelActor
 from ..meds.answer import answer_target
 from ..meds.config import MedsConfig
 from ..meds.features import capture_feature_rows, decoder_parts, feature_width, logits_from_rows
+from .rollout_actor import (
+    GROUP_ID,
+    HAS_FEATURE,
+    ROLLOUT,
+    diversity_tags,
+    final_answer,
+    prompt_key,
+    semantic_encoder,
+)
 
 
 def hf_model(actor) -> torch.nn.Module:
@@ -195,3 +206,61 @@ def actor_features(actor_model_group, samples_list, duplicate_factor: int) -> li
             f"experience maker has {wanted}: call actor_features once after each make_experience"
         )
     return features
+
+
+def response_tokens(samples, j: int) -> list[int]:
+    """Generated token ids of row j of an OpenRLHF Experience (right-padded sequences whose
+    last `action_mask.shape[1]` columns are the response)."""
+    actions = samples.sequences[j, -samples.action_mask.shape[1] :]
+    return actions[samples.action_mask[j].bool()].tolist()
+
+
+def semantic_features(maker, samples_list) -> list[np.ndarray]:
+    """--meds.features semantic: each rollout's response text embedded by the encoder (loaded
+    once, in the experience maker's process), one float32 array per entry of `samples_list`
+    as `actor_features` gives (NaN rows: no `\\boxed{` answer)."""
+    if getattr(maker, "meds_encoder", None) is None:
+        maker.meds_encoder = semantic_encoder(maker.meds)
+    responses = [response_tokens(s, j) for s in samples_list for j in range(len(s.sequences))]
+    feats = maker.meds_encoder.rollout_features(maker.tokenizer, responses)
+    return np.split(feats, np.cumsum([len(s.sequences) for s in samples_list])[:-1])
+
+
+def submit_actor_features(maker, samples_list) -> None:
+    """`MedsExperienceMaker.make_experience` with --meds.feature_source actor: the features were
+    read in the log-prob forward that just ran (with --meds.features semantic: the encoder
+    embeds the response texts here); submit each prompt group to the memory and tag its
+    samples, as the engines do with --meds.feature_source vllm."""
+    meds, args = maker.meds, maker.args
+    if meds.features == "semantic":
+        feats = semantic_features(maker, samples_list)
+    else:
+        feats = actor_features(
+            maker.actor_model_group, samples_list, args.ds.ring_attn_size * args.ds.tensor_parallel_size
+        )
+    n = args.rollout.n_samples_per_prompt
+    groups: dict[int, list[tuple[int, int]]] = {}  # OpenRLHF's group identity: index // n
+    for k, samples in enumerate(samples_list):
+        for j, index in enumerate(samples.index):
+            groups.setdefault(index // n, []).append((k, j))
+    acks, gids, div = [], {}, {}
+    for g, members in groups.items():
+        members.sort(key=lambda kj: samples_list[kj[0]].index[kj[1]])
+        k0, j0 = members[0]
+        group_feats = np.stack([feats[k][j] for k, j in members])
+        correct = np.array([bool(samples_list[k].scores[j] >= 0.5) for k, j in members])
+        answers = [final_answer(maker.tokenizer, response_tokens(samples_list[k], j)) for k, j in members]
+        if meds.diversity:
+            div[g] = diversity_tags(group_feats, answers, correct)
+        gids[g] = -1
+        if meds.enable:
+            key = prompt_key(samples_list[k0].prompts[j0])
+            gids[g], ack = maker.memory.submit(key, maker.step, group_feats, correct, answers=answers)
+            acks.append(ack)
+    ray.get(acks)
+    for k, samples in enumerate(samples_list):
+        samples.info[GROUP_ID] = torch.tensor([gids[i // n] for i in samples.index])
+        samples.info[ROLLOUT] = torch.tensor([i % n for i in samples.index])
+        samples.info[HAS_FEATURE] = torch.tensor((~np.isnan(feats[k]).all(axis=1)).astype(np.int64))
+        for name in div.get(samples.index[0] // n, {}):
+            samples.info[name] = torch.tensor([div[i // n][name] for i in samples.index])

@@ -20,8 +20,8 @@ How it gets into OpenRLHF 0.11.2 (each point checked by `tests/integration/test_
   OpenRLHF's `PolicyLoss` runs. Nothing else of the training step changes.
 
 Flags (`add_entropy_advantage_args`): `--entropy_adv.coef` (0 = off, the default) and
-`--entropy_adv.kappa` (default 2). `with_entropy_advantage(replace, settings)` adds the policy
-actor and the flag check to the replacements of `integration.openrlhf.replacements`.
+`--entropy_adv.kappa` (default 2). `integration.openrlhf.replacements` puts `policy_actor` on
+the policy actor class the run uses and runs `check_entropy_flags` with the other flag checks.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ import argparse
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from .openrlhf import HIERARCHIZE, POLICY_ACTOR
 
 if TYPE_CHECKING:  # train_grpo imports this module before CPU mode sets torch's threads: keep it light
     import torch
@@ -104,13 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> EntropyAdvantage:
     return settings
 
 
-def parse_settings(argv: list[str]) -> EntropyAdvantage:
-    """The settings given by `--entropy_adv.*` flags anywhere in `argv` (other flags ignored)."""
-    known, _ = add_entropy_advantage_args(argparse.ArgumentParser(add_help=False)).parse_known_args(argv)
-    return settings_from_args(known)
-
-
-def check_openrlhf_args(flat: argparse.Namespace, settings: EntropyAdvantage) -> None:
+def check_entropy_flags(flat: argparse.Namespace, settings: EntropyAdvantage) -> None:
     """The bonus needs the per-token entropy that OpenRLHF computes only when
     `--actor.entropy_coef` is given; SystemExit naming both flags otherwise."""
     if settings.enabled and getattr(flat, "actor.entropy_coef", None) is None:
@@ -203,26 +195,3 @@ def policy_actor(base, settings: EntropyAdvantage):
         {"entropy_adv": settings, "__doc__": f"{base.__ray_metadata__.class_name} with the entropy advantage bonus."},
     )
     return ray.remote(num_gpus=1)(cls)
-
-
-def with_entropy_advantage(replace: dict[str, object], settings: EntropyAdvantage) -> dict[str, object]:
-    """`replace` (from `integration.openrlhf.replacements`) plus what the bonus needs: the
-    policy actor class (`POLICY_ACTOR`, built on the one `replace` already holds, if any) and
-    the `--actor.entropy_coef` check before the flags reach OpenRLHF (`HIERARCHIZE`). With the
-    bonus off, `replace` unchanged."""
-    if not settings.enabled:
-        return replace
-    from openrlhf.trainer.ray import ppo_actor
-
-    out = dict(replace)
-    out[POLICY_ACTOR] = policy_actor(replace.get(POLICY_ACTOR, ppo_actor.PolicyModelActor), settings)
-    inner = replace.get(HIERARCHIZE)
-    if inner is None:
-        from openrlhf.utils.config import hierarchize as inner
-
-    def checked_hierarchize(flat):
-        check_openrlhf_args(flat, settings)
-        return inner(flat)
-
-    out[HIERARCHIZE] = checked_hierarchize
-    return out

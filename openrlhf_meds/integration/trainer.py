@@ -39,25 +39,13 @@ from .rollout_actor import (
     HAS_FEATURE,
     REPREFILLED,
     ROLLOUT,
-    diversity_tags,
-    final_answer,
-    prompt_key,
-    semantic_encoder,
 )
-from .turns import Turns
 
 MEMORY_DIR = "meds_memory"  # under --ckpt.path: one snapshot per saved step
 
 
 def snapshot_dir(ckpt_path: str, global_step: int) -> str:
     return os.path.join(ckpt_path, MEMORY_DIR, f"global_step{global_step}")
-
-
-def response_tokens(samples, j: int) -> list[int]:
-    """Generated token ids of row j of an OpenRLHF Experience (right-padded sequences whose
-    last `action_mask.shape[1]` columns are the response)."""
-    actions = samples.sequences[j, -samples.action_mask.shape[1] :]
-    return actions[samples.action_mask[j].bool()].tolist()
 
 
 def diversity_metrics(experiences) -> dict[str, float]:
@@ -115,58 +103,10 @@ class MedsExperienceMaker(RemoteExperienceMaker):
     def make_experience(self, samples_list):
         samples_list = super().make_experience(samples_list)
         if self.meds.feature_source == "actor":
-            self.submit_actor_features(samples_list)
+            from .actor_features import submit_actor_features
+
+            submit_actor_features(self, samples_list)
         return samples_list
-
-    def submit_actor_features(self, samples_list):
-        """--meds.feature_source actor: the features were read in the log-prob forward that
-        just ran (with --meds.features semantic: the encoder embeds the response texts here);
-        submit each prompt group to the memory and tag its samples, as the engines do with
-        --meds.feature_source vllm."""
-        if self.meds.features == "semantic":
-            feats = self.semantic_features(samples_list)
-        else:
-            from .actor_features import actor_features
-
-            feats = actor_features(
-                self.actor_model_group, samples_list, self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size
-            )
-        n = self.args.rollout.n_samples_per_prompt
-        groups: dict[int, list[tuple[int, int]]] = {}  # OpenRLHF's group identity: index // n
-        for k, samples in enumerate(samples_list):
-            for j, index in enumerate(samples.index):
-                groups.setdefault(index // n, []).append((k, j))
-        acks, gids, div = [], {}, {}
-        for g, members in groups.items():
-            members.sort(key=lambda kj: samples_list[kj[0]].index[kj[1]])
-            k0, j0 = members[0]
-            group_feats = np.stack([feats[k][j] for k, j in members])
-            correct = np.array([bool(samples_list[k].scores[j] >= 0.5) for k, j in members])
-            answers = [final_answer(self.tokenizer, response_tokens(samples_list[k], j)) for k, j in members]
-            if self.meds.diversity:
-                div[g] = diversity_tags(group_feats, answers, correct)
-            gids[g] = -1
-            if self.meds.enable:
-                key = prompt_key(samples_list[k0].prompts[j0])
-                gids[g], ack = self.memory.submit(key, self.step, group_feats, correct, answers=answers)
-                acks.append(ack)
-        ray.get(acks)
-        for k, samples in enumerate(samples_list):
-            samples.info[GROUP_ID] = torch.tensor([gids[i // n] for i in samples.index])
-            samples.info[ROLLOUT] = torch.tensor([i % n for i in samples.index])
-            samples.info[HAS_FEATURE] = torch.tensor((~np.isnan(feats[k]).all(axis=1)).astype(np.int64))
-            for name in div.get(samples.index[0] // n, {}):
-                samples.info[name] = torch.tensor([div[i // n][name] for i in samples.index])
-
-    def semantic_features(self, samples_list) -> list[np.ndarray]:
-        """--meds.features semantic with --meds.feature_source actor: each rollout's response
-        text embedded by the encoder (loaded once, in this process), one float32 array per
-        entry of `samples_list` as `actor_features` gives (NaN rows: no `\\boxed{` answer)."""
-        if getattr(self, "meds_encoder", None) is None:
-            self.meds_encoder = semantic_encoder(self.meds)
-        responses = [response_tokens(s, j) for s in samples_list for j in range(len(s.sequences))]
-        feats = self.meds_encoder.rollout_features(self.tokenizer, responses)
-        return np.split(feats, np.cumsum([len(s.sequences) for s in samples_list])[:-1])
 
     @torch.no_grad()
     def compute_advantages_and_returns(self, experiences):
@@ -373,22 +313,3 @@ class MedsTrainer:
 @ray.remote
 class MedsPPOTrainer(MedsTrainer, PPOTrainer.__ray_metadata__.modified_class):
     """OpenRLHF's PPOTrainer with the MEDS memory: shaping, metrics, checkpoints."""
-
-    turns: Turns | None = None
-
-    def fit(self, global_step: int = 0) -> None:
-        # $OPENRLHF_MEDS_TURNS: runs side by side take turns step by step (integration/turns.py).
-        self.turns = Turns.from_env()
-        if self.turns is None:
-            return super().fit(global_step)
-        self.turns.start()
-        try:
-            return super().fit(global_step)
-        finally:
-            self.turns.finish()
-
-    def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None):
-        super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
-        if self.turns is not None:  # the step is timed and logged: the next run's turn
-            self.turns.hand_over()
-            self.turns.wait()

@@ -452,13 +452,15 @@ def _count(counters, name: str):
         counters[name] += 1
 
 
-def package_labels(xn: np.ndarray) -> np.ndarray:
-    """The hdbscan package's labels with the exact spanning tree (what `recluster` equals)."""
-    import hdbscan  # lazily: only the rare cases that `recluster` cannot reproduce need it
+def package_labels(xn: np.ndarray, approx: bool = False) -> np.ndarray:
+    """The hdbscan package's labels (min_cluster_size 2, min_samples 1, euclidean): with the
+    exact spanning tree, what `recluster` equals; `approx=True` is how the official code calls
+    it (`--meds.clustering hdbscan`)."""
+    import hdbscan  # lazily: only clustering=hdbscan and the cases `recluster` cannot reproduce need it
 
     if len(xn) < 2:
         return np.full(len(xn), -1, np.int64)
-    model = hdbscan.HDBSCAN(min_cluster_size=2, min_samples=1, metric="euclidean", approx_min_span_tree=False)
+    model = hdbscan.HDBSCAN(min_cluster_size=2, min_samples=1, metric="euclidean", approx_min_span_tree=approx)
     return model.fit(xn).labels_.astype(np.int64)
 
 

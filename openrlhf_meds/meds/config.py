@@ -24,7 +24,7 @@ import yaml
 
 PRESET_DIR = os.path.join(os.path.dirname(__file__), "presets")
 
-# Group ids carry their shard in the low bits (see openrlhf_meds/memory/actor.py).
+# Group ids carry their shard in the low bits (openrlhf_meds/memory/routing.py).
 MAX_SHARDS = 1024
 
 TARGETS = ("wrong", "right", "both", "none")

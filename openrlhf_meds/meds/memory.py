@@ -41,7 +41,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from .clustering import normalize_rows, package_numbering, recluster
+from .clustering import normalize_rows, package_labels, package_numbering, recluster
 from .config import MedsConfig
 from .diversity import adjusted_rand_index
 from .shaping import penalties as compute_penalties
@@ -106,16 +106,6 @@ class _Key:
     def vectors(self) -> np.ndarray:
         """The stored vectors, float32 [n, d]."""
         return unpack_vectors(self.data)
-
-
-def _package_labels(xn: np.ndarray, approx: bool) -> np.ndarray:
-    """Labels from the hdbscan package, called as the official code calls it."""
-    import hdbscan  # imported lazily: only clustering=hdbscan and tie fallbacks use it
-
-    if len(xn) < 2:
-        return np.full(len(xn), -1, np.int32)
-    model = hdbscan.HDBSCAN(min_cluster_size=2, min_samples=1, metric="euclidean", approx_min_span_tree=approx)
-    return model.fit(xn).labels_.astype(np.int32)
 
 
 def _cosine_topk(stored: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
@@ -410,7 +400,7 @@ class ErrorMemory:
     def _cluster(self, mem: _Key):
         xn = normalize_rows(mem.vectors)
         if self.config.clustering == "hdbscan":
-            mem.labels = _package_labels(xn, approx=True)
+            mem.labels = package_labels(xn, approx=True).astype(np.int32)  # as the official code calls it
         else:
             mem.mst, labels = recluster(xn, mem.mst, self.counters)
             mem.labels = labels.astype(np.int32)

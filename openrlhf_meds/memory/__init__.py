@@ -1,7 +1,8 @@
 """The MEDS error memory as a Ray service (docs/memory-service.md).
 
-- `client.py`: `MemoryClient`, which starts the shards and routes groups to them (picklable);
-  `shard_of` and `new_group_id`, the stable key-to-shard routing.
+- `client.py`: `MemoryClient`, which starts the shards and routes groups to them (picklable).
+- `routing.py`: `shard_of`, `new_group_id`, `shard_of_group`: the stable key-to-shard routing,
+  without Ray.
 - `actor.py`: `MemoryActor`, one shard as a Ray actor: RPC, the worker queue, statistics.
 - `wal.py`: a shard's state on disk, without Ray: write-ahead log, recovery snapshots,
   replay after a crash, and the training snapshots' manifest.

@@ -42,12 +42,14 @@ from collections.abc import Sequence
 import numpy as np
 import ray
 
-from ..meds.config import MAX_SHARDS, MedsConfig
+from ..meds.config import MedsConfig
 from ..meds.memory import ErrorMemory, save_tail
-from .client import TIMINGS, shard_of
+from .routing import shard_of, shard_of_group
 from .wal import ShardLog, group_record, link_chain, memory_chain, unpack_group
 
 logger = logging.getLogger(__name__)
+# Timings each shard keeps per stats() window (sum, count, maximum); the client adds their means.
+TIMINGS = ("assign_latency_ms", "assign_ms", "recluster_ms", "base_write_ms")
 
 # Priorities of the worker thread's jobs (lower runs first; FIFO within a priority).
 ASSIGN, RECLUSTER = 0, 1
@@ -113,7 +115,7 @@ class MemoryActor:
         features. Returns once it is logged; its penalties are computed right after."""
         self.loop = asyncio.get_running_loop()
         group_id = int(group_id)
-        if group_id < 0 or group_id & (MAX_SHARDS - 1) != self.shard:
+        if group_id < 0 or shard_of_group(group_id) != self.shard:
             raise ValueError(
                 f"group id {group_id} does not belong to memory shard {self.shard} "
                 f"(make ids with new_group_id(prompt_key, {self.num_shards}))"

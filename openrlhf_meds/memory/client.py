@@ -1,37 +1,20 @@
-"""`MemoryClient`: starts the MemoryActor shards and routes calls to them; group ids.
+"""`MemoryClient`: starts the MemoryActor shards and routes calls to them (`routing.py`).
 
-A prompt key lives on shard `shard_of(key, K)` (a stable hash), and a group id carries its
-shard in its low bits (`new_group_id`), so anyone holding it can fetch the penalties.
 The client is picklable: rollout workers hold one and submit their groups directly.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
 import tempfile
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 
 import ray
 
-from ..meds.config import MAX_SHARDS, MedsConfig
+from ..meds.config import MedsConfig
+from .actor import TIMINGS, MemoryActor
+from .routing import new_group_id, shard_of_group
 from .wal import read_manifest, snapshot_files, write_manifest
-
-SHARD_BITS = (MAX_SHARDS - 1).bit_length()
-# Timings each shard keeps per stats() window (sum, count, maximum); `stats` adds their means.
-TIMINGS = ("assign_latency_ms", "assign_ms", "recluster_ms", "base_write_ms")
-
-
-def shard_of(prompt_key: Hashable, num_shards: int) -> int:
-    """The shard holding `prompt_key` (stable across processes and runs, unlike hash())."""
-    digest = hashlib.blake2b(f"{type(prompt_key).__name__}:{prompt_key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % num_shards
-
-
-def new_group_id(prompt_key: Hashable, num_shards: int) -> int:
-    """A fresh group id (a non-negative int64) that routes to the key's shard."""
-    return (secrets.randbits(62 - SHARD_BITS) << SHARD_BITS) | shard_of(prompt_key, num_shards)
 
 
 def shard_nodes(num_shards: int, placement: str, num_cpus: float) -> list[str]:
@@ -56,8 +39,6 @@ class MemoryClient:
         """Start `config.memory_shards` MemoryActors (CPU only) on the nodes that
         `config.memory_placement` picks (`shard_nodes`), restarted by Ray if their process dies."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from .actor import MemoryActor  # actor.py imports shard_of from here
 
         state_dir = config.memory_dir or tempfile.mkdtemp(prefix="openrlhf_meds_memory_")
         nodes = shard_nodes(config.memory_shards, config.memory_placement, num_cpus)
@@ -89,14 +70,14 @@ class MemoryClient:
         ray.get the ref to see validation errors. `answers` (optional): the rollouts' final
         answers, str or None each, stored with their features (never change a penalty)."""
         gid = self.new_group_id(prompt_key) if group_id is None else int(group_id)
-        actor = self.actors[gid & (MAX_SHARDS - 1)]
+        actor = self.actors[shard_of_group(gid)]
         return gid, actor.submit.remote(gid, prompt_key, step, features, correct, answers)
 
     def fetch_refs(self, group_ids: Sequence[int], timeout: float | None = None) -> dict:
         """ObjectRefs per shard: {shard: (ref, positions)}; see `fetch`."""
         by_shard: dict[int, list[int]] = {}
         for pos, gid in enumerate(group_ids):
-            by_shard.setdefault(int(gid) & (MAX_SHARDS - 1), []).append(pos)
+            by_shard.setdefault(shard_of_group(gid), []).append(pos)
         return {
             s: (self.actors[s].fetch.remote([int(group_ids[p]) for p in pos], timeout), pos)
             for s, pos in by_shard.items()

@@ -22,16 +22,6 @@ def _source(package: str, relpath: str) -> str:
         return f.read()
 
 
-def test_installed_versions_are_the_patched_ones():
-    patches.check_versions()
-
-
-def test_version_mismatch_names_the_package(monkeypatch):
-    monkeypatch.setitem(patches.VERSIONS, "deepspeed", "0.0.1")
-    with pytest.raises(RuntimeError, match=r"deepspeed==0\.0\.1 \(found 0\.19\.6\)"):
-        patches.check_versions()
-
-
 def test_every_patch_has_a_readme_row():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "patches", "README.md")).read()
     names = [fn.__name__ for fns in patches._PATCHES.values() for fn in fns]

@@ -72,7 +72,7 @@ def test_step_time_lines_compare_the_runs_over_steps_2_on():
 # its alarm (the test then fails naming it, instead of hanging).
 FAKE_RUN = """
 import signal, sys
-from openrlhf_meds.integration.turns import Turns
+from openrlhf_meds.demo.turns import Turns
 signal.alarm(30)
 turns = Turns.from_env()
 if sys.argv[1] == "die":

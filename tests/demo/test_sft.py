@@ -1,9 +1,12 @@
 """The demo's SFT'd model fits MEDS's premise on the demo task (`sft.measure_start`)."""
 
+import pytest
+
 from openrlhf_meds.demo import task as arith
 from openrlhf_meds.demo.sft import measure_start
 
 
+@pytest.mark.slow  # the session's SFT'd model (minutes, once)
 def test_the_sft_model_fits_the_premise_of_meds(sft_model, tmp_path):
     """Measured on 32 training problems x 8 rollouts: roughly a fifth to a half of the rollouts
     right (the demo prints 24%; the bound allows sampling noise down to 15%), most groups of 8

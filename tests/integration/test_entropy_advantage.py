@@ -237,6 +237,12 @@ def test_missing_entropy_names_the_flag(actor, qwen_tokenizer):
         handle.remove()
 
 
+def settings_of(argv: list[str]) -> ea.EntropyAdvantage:
+    """The settings `--entropy_adv.*` flags anywhere in `argv` give (other flags ignored)."""
+    known, _ = ea.add_entropy_advantage_args(argparse.ArgumentParser(add_help=False)).parse_known_args(argv)
+    return ea.settings_from_args(known)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -247,29 +253,30 @@ def test_missing_entropy_names_the_flag(actor, qwen_tokenizer):
 )
 def test_bad_flags_name_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
-        ea.parse_settings(argv)
+        settings_of(argv)
 
 
 def test_flags_parse():
-    assert ea.parse_settings(["--x", "1", "--entropy_adv.coef", "0.4"]) == OFFICIAL
-    assert ea.parse_settings([]) == ea.EntropyAdvantage(coef=0.0) and not ea.parse_settings([]).enabled
-    assert ea.parse_settings(["--entropy_adv.coef", "0.1", "--entropy_adv.kappa", "4"]).kappa == 4.0
+    assert settings_of(["--x", "1", "--entropy_adv.coef", "0.4"]) == OFFICIAL
+    assert settings_of([]) == ea.EntropyAdvantage(coef=0.0) and not settings_of([]).enabled
+    assert settings_of(["--entropy_adv.coef", "0.1", "--entropy_adv.kappa", "4"]).kappa == 4.0
 
 
 @pytest.mark.parametrize("source", ["none", "vllm", "actor"])
 def test_replacements_add_the_policy_actor_on_the_one_in_use(source):
     config = MedsConfig(enable=False, diversity=False) if source == "none" else MedsConfig(feature_source=source)
     replace = openrlhf.replacements(config)
-    assert ea.with_entropy_advantage(replace, ea.EntropyAdvantage(coef=0.0)) is replace  # off: unchanged
-    out = ea.with_entropy_advantage(replace, OFFICIAL)
+    off = openrlhf.replacements(config, entropy=ea.EntropyAdvantage(coef=0.0))
+    assert set(off) == set(replace) and off.get(openrlhf.POLICY_ACTOR) is replace.get(openrlhf.POLICY_ACTOR)
+    out = openrlhf.replacements(config, entropy=OFFICIAL)
     assert set(out) <= set(openrlhf.REPLACED) and set(out) == set(replace) | {openrlhf.POLICY_ACTOR}
     cls = out[openrlhf.POLICY_ACTOR].__ray_metadata__.modified_class
     base = replace.get(openrlhf.POLICY_ACTOR, ppo_actor.PolicyModelActor).__ray_metadata__.modified_class
     assert issubclass(cls, ea.EntropyAdvantageActorMixin) and issubclass(cls, base)
     assert cls.entropy_adv == OFFICIAL
     assert cloudpickle.loads(cloudpickle.dumps(cls)).entropy_adv == OFFICIAL  # travels to the Ray workers
-    # The flag check runs before the replaced hierarchize (which would go on to OpenRLHF's).
-    flat = argparse.Namespace(**{"actor.entropy_coef": None})
+    # The flag check runs in the replaced hierarchize, with MEDS's, before OpenRLHF's.
+    flat = argparse.Namespace(**{"actor.entropy_coef": None, "reward.remote_url": "r.py", "vllm.num_engines": 1})
     with pytest.raises(SystemExit, match="--entropy_adv.coef 0.4 needs .* --actor.entropy_coef 0"):
         out[openrlhf.HIERARCHIZE](flat)
 

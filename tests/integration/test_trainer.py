@@ -184,6 +184,7 @@ def test_rollouts_without_group_tags_are_refused(memory):
 def test_actor_source_semantic_features_embed_each_response(qwen_tokenizer, tiny_encoder):
     """--meds.features semantic with --meds.feature_source actor: the trainer embeds each
     sample's response (the masked tail of its sequence), one array per Experience."""
+    from openrlhf_meds.integration.actor_features import semantic_features
     from openrlhf_meds.meds.semantic import SemanticEncoder
 
     tok, pad = qwen_tokenizer, 151643
@@ -199,7 +200,7 @@ def test_actor_source_semantic_features_embed_each_response(qwen_tokenizer, tiny
         for j, r in enumerate(ids):  # 3 prompt tokens, the response right padded
             sequences[j, 3 : 3 + len(r)], mask[j, : len(r)] = torch.tensor(r), 1
         samples_list.append(SimpleNamespace(sequences=sequences, action_mask=mask))
-    feats = maker.semantic_features(samples_list)
+    feats = semantic_features(maker, samples_list)
     assert [f.shape for f in feats] == [(2, 32), (1, 32)]
     want = SemanticEncoder(tiny_encoder).rollout_features(tok, [tok.encode(t) for b in batches for t in b])
     assert np.isnan(want[1]).all() and not np.isnan(want[[0, 2]]).any()
@@ -243,7 +244,7 @@ def test_openrlhf_internals_the_trainer_relies_on():
     assert "self.compute_advantages_and_returns(experiences)" in src
     src = inspect.getsource(RemoteExperienceMaker.compute_advantages_and_returns)
     assert "apply_length_penalties(experiences, args)" in src and "experience.rewards" in src
-    # $OPENRLHF_MEDS_TURNS (integration/turns.py) hands the turn over at the end of
+    # The demo's turn-taking trainer (demo/turns.py) hands the turn over at the end of
     # save_logs_and_checkpoints: fit has timed every phase of the step by then, and evaluates
     # after it (so a run evaluates in its own turn, untimed).
     src = inspect.getsource(base.fit)

@@ -12,7 +12,8 @@ import ray
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
 from openrlhf_meds.meds.memory import memory_file_base
-from openrlhf_meds.memory.client import MemoryClient, new_group_id, shard_of
+from openrlhf_meds.memory.client import MemoryClient
+from openrlhf_meds.memory.routing import new_group_id, shard_of
 from openrlhf_meds.memory.wal import read_manifest
 
 D, N = 6, 8  # feature width, rollouts per group

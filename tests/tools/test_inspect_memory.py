@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
-from openrlhf_meds.memory.client import shard_of
+from openrlhf_meds.memory.routing import shard_of
 from openrlhf_meds.memory.wal import snapshot_files, write_manifest
 from openrlhf_meds.tools.inspect_memory import main
 

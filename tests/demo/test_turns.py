@@ -1,5 +1,5 @@
-"""Runs taking turns step by step (`integration/turns.py`), in real processes sharing a
-directory, as `train_grpo` runs do under `$OPENRLHF_MEDS_TURNS`."""
+"""Runs taking turns step by step (`demo/turns.py`), in real processes sharing a directory, as
+the demo's `train_grpo` runs do under `$OPENRLHF_MEDS_TURNS`."""
 
 import json
 import multiprocessing as mp
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from openrlhf_meds.integration.turns import TURNS_ENV, Turns
+from openrlhf_meds.demo.turns import TURNS_ENV, Turns
 
 
 def _run(root: str, index: int, count: int, steps: int, log: str, start_delay: float = 0.0):
@@ -90,19 +90,24 @@ def test_env_spec(monkeypatch):
         Turns.from_env()
 
 
-def test_runs_taking_turns_need_meds_sync_trainer(monkeypatch):
+def test_the_turn_taking_trainer_needs_meds_sync_trainer():
+    """`train_grpo` refuses a sync trainer of its own where MEDS's sync trainer would not run."""
     import argparse
 
-    from openrlhf_meds.integration.openrlhf import check_openrlhf_args
+    from openrlhf_meds.cpu import patches
+
+    patches.install()  # OpenRLHF's trainer modules import flash-attn's CUDA code otherwise
+
+    from openrlhf_meds.demo.turns import _turn_taking_trainer
+    from openrlhf_meds.integration.openrlhf import HIERARCHIZE, replacements
     from openrlhf_meds.meds.config import MedsConfig
 
-    flags = argparse.Namespace(**{"reward.remote_url": "reward.py", "vllm.num_engines": 1, "train.async_enable": True})
-    check_openrlhf_args(flags, MedsConfig())
-    monkeypatch.setenv(TURNS_ENV, "/tmp/turns:0:2")
-    with pytest.raises(SystemExit, match=f"{TURNS_ENV}.*needs sync training: drop --train.async_enable"):
-        check_openrlhf_args(flags, MedsConfig())
-    plain = argparse.Namespace(**{"reward.remote_url": None, "vllm.num_engines": 0})
-    with pytest.raises(SystemExit, match=f"{TURNS_ENV}.*needs MEDS's trainer: keep --meds.diversity on"):
-        check_openrlhf_args(plain, MedsConfig(enable=False, diversity=False))
-    monkeypatch.delenv(TURNS_ENV)
-    check_openrlhf_args(plain, MedsConfig(enable=False, diversity=False))  # plain OpenRLHF without turns
+    trainer = _turn_taking_trainer()
+    with pytest.raises(SystemExit, match="sync trainer extends MEDS's trainer.*keep --meds.diversity on"):
+        replacements(MedsConfig(enable=False, diversity=False), sync_trainer=trainer)
+    flags = {"reward.remote_url": "reward.py", "vllm.num_engines": 1, "train.async_enable": True}
+    checked = replacements(MedsConfig(), sync_trainer=trainer)[HIERARCHIZE]
+    with pytest.raises(SystemExit, match="sync trainer extends MEDS's sync trainer: drop --train.async_enable"):
+        checked(argparse.Namespace(**flags))
+    flags["train.async_enable"] = False
+    assert checked(argparse.Namespace(**flags)).train.async_enable is False  # sync: parsed by OpenRLHF

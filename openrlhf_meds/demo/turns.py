@@ -9,8 +9,10 @@ of their step times is the difference of their work. The order is reversed every
 leaves running behind it (a log flush, a warm-up) lands on both runs alike. The CPU demo
 runs MEDS on and off so (`openrlhf_meds.demo`).
 
-`OPENRLHF_MEDS_TURNS=<dir>:<index>:<count>` makes `train_grpo`'s trainer run `index` of
-`count` (`MedsPPOTrainer.fit`: sync training with MEDS's trainer only, checked at start-up).
+`python -m openrlhf_meds.demo.turns FLAGS` is `python -m openrlhf_meds.train_grpo FLAGS` whose
+sync trainer is `TurnTakingTrainer`: with `OPENRLHF_MEDS_TURNS=<dir>:<index>:<count>` it is run
+`index` of `count` (MEDS's sync trainer only: `train_grpo` refuses MEDS off, where OpenRLHF's
+trainer runs, and `--train.async_enable`).
 `<dir>` holds the shared state, written only by the run whose turn it is: `turn` (the number
 of the turn under way; turns of finished runs are skipped), `ready.<i>` (run i is about to
 start its first step), `done.<i>` (run i will take no more turns; also written by a
@@ -20,6 +22,7 @@ supervisor for a run that died, so the others go on).
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 TURNS_ENV = "OPENRLHF_MEDS_TURNS"
@@ -99,3 +102,45 @@ class Turns:
         with open(tmp, "w") as f:
             f.write(str(turn))
         os.replace(tmp, self._path("turn"))  # atomic: a reader sees the old count or the new
+
+
+def _turn_taking_trainer():
+    import ray
+
+    from ..integration.trainer import MedsPPOTrainer
+
+    class TurnTakingTrainer(MedsPPOTrainer.__ray_metadata__.modified_class):
+        """MEDS's sync trainer taking turns under $OPENRLHF_MEDS_TURNS: a turn is a whole step,
+        handed over once it is timed and logged (`save_logs_and_checkpoints`), before any
+        evaluation (which thus runs in the run's own turn, untimed)."""
+
+        turns: Turns | None = None
+
+        def fit(self, global_step: int = 0) -> None:
+            self.turns = Turns.from_env()
+            if self.turns is None:
+                return super().fit(global_step)
+            self.turns.start()
+            try:
+                return super().fit(global_step)
+            finally:
+                self.turns.finish()
+
+        def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None):
+            super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
+            if self.turns is not None:  # the step is timed and logged: the next run's turn
+                self.turns.hand_over()
+                self.turns.wait()
+
+    return ray.remote(TurnTakingTrainer)
+
+
+def main(argv: list[str] | None = None):
+    """`train_grpo` with the turn-taking sync trainer (see the module docstring)."""
+    from ..train_grpo import main as train_grpo
+
+    return train_grpo(list(sys.argv[1:] if argv is None else argv), sync_trainer=_turn_taking_trainer())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,10 @@
-"""The Qwen2.5-Math-7B recipes against the official runs (`openrlhf_meds.recipes`): each recipe's
+"""The Qwen2.5-Math-7B recipes against the official runs (`openrlhf_meds.tools.check_recipe`): each recipe's
 dry run prints every official setting and passes; a recipe changed without a reason fails,
 naming the setting.
 
 Each recipe is run by bash as a user runs it (`DRY_RUN=1`), with PYTHON pointing at a script that
 records the command line the recipe builds instead of starting a second interpreter; the
-command is then run here, in this process: `python -m openrlhf_meds.recipes RUN ... -- FLAGS`
+command is then run here, in this process: `python -m openrlhf_meds.tools.check_recipe RUN ... -- FLAGS`
 is `recipes.main([RUN, ..., "--", *FLAGS])`. So OpenRLHF's parser and the MEDS checks are
 imported once for all the dry runs (~15 s) instead of once per recipe. No Ray, no model.
 `test_dry_run_from_the_shell` runs one recipe end to end through a real interpreter.
@@ -17,9 +17,10 @@ import sys
 
 import pytest
 
-from openrlhf_meds import recipes
+from openrlhf_meds.tools import check_recipe as recipes
+from openrlhf_meds.tools import official_runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "examples", "scripts")
 RECIPES = {
     "meds": "train_meds_qwen2.5_math_7b.sh",
@@ -58,7 +59,7 @@ def recipe_command(tmp_path, script, scripts_dir=SCRIPTS, **given):
     env.update(DRY_RUN="1", EXTRA_ARGS="--cpu", PYTHON=str(shim), SAVE=str(tmp_path), **given)
     subprocess.run(["bash", os.path.join(scripts_dir, script)], env=env, check=True, capture_output=True, timeout=60)
     argv = record.read_bytes().decode().split("\0")[:-1]
-    assert argv[:2] == ["-m", "openrlhf_meds.recipes"]
+    assert argv[:2] == ["-m", "openrlhf_meds.tools.check_recipe"]
     return argv[2:]
 
 
@@ -86,10 +87,10 @@ def test_recipe_dry_run_prints_every_official_setting(run, tmp_path, capsys):
     assert status == 0, err
     assert '"openrlhf": {' in out  # train_grpo's own dry run printed the resolved flags first
     rows = table_rows(out)
-    assert list(rows) == [k for k in recipes.SETTINGS if k in recipes.OFFICIAL[run]]  # every official setting
+    assert list(rows) == [k for k in official_runs.SETTINGS if k in official_runs.OFFICIAL[run]]  # every setting
     explained = set()
-    for key, value in recipes.OFFICIAL[run].items():
-        setting = recipes.SETTINGS[key](recipes.Run({}, {}))
+    for key, value in official_runs.OFFICIAL[run].items():
+        setting = official_runs.SETTINGS[key]
         official = (setting.show_official or setting.show)(value)
         line = rows[key]
         assert official.replace("|", "\\|") in line, key
@@ -216,9 +217,9 @@ def test_prompt_compared_with_the_models_chat_template(qwen_tokenizer, tmp_path,
     model = tmp_path / "Qwen2.5-Math-7B"
     qwen_tokenizer.save_pretrained(model)
     rendered = qwen_tokenizer.apply_chat_template(
-        recipes.official_messages("x"), tokenize=False, add_generation_prompt=True
+        official_runs.official_messages("x"), tokenize=False, add_generation_prompt=True
     )
-    assert rendered == recipes.chatml_rendering("x")
+    assert rendered == official_runs.chatml_rendering("x")
     status, out, err = run_check(recipe_command(tmp_path, RECIPES["grpo"], MODEL=str(model), NUM_PROMPTS="9"), capsys)
     assert status == 0, err
     assert f"note: prompt: compared with the chat template of {model}" in out
@@ -244,9 +245,9 @@ def test_bad_reasons_name_the_setting():
 def test_official_values_cover_the_official_runs():
     """Every official value has a reader; the baselines differ from the MEDS run where
     the official baseline runs do."""
-    for values in recipes.OFFICIAL.values():
-        assert set(values) <= set(recipes.SETTINGS)
-    meds, dapo, grpo, ent = (recipes.OFFICIAL[k] for k in ("meds", "dapo", "grpo", "grpo_entropy"))
+    for values in official_runs.OFFICIAL.values():
+        assert set(values) <= set(official_runs.SETTINGS)
+    meds, dapo, grpo, ent = (official_runs.OFFICIAL[k] for k in ("meds", "dapo", "grpo", "grpo_entropy"))
     assert {k for k in meds if meds[k] != dapo.get(k)} == {k for k in meds if k.startswith("meds")}
     assert (grpo["clip"], grpo["dual_clip"], grpo["kl_loss"], grpo["response_len"]) == ((0.2, 0.2), 3.0, 0.001, 7168)
     assert (grpo["updates_per_step"], grpo["weight_decay"], grpo["lr_warmup"], grpo["eval_temperature"]) == (
