@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None):
     """`train_grpo` with the turn-taking sync trainer (see the module docstring)."""
     from ..train_grpo import main as train_grpo
 
-    return train_grpo(list(sys.argv[1:] if argv is None else argv), sync_trainer=_turn_taking_trainer())
+    # the class is made once OpenRLHF can be imported (under CPU mode's patches with --cpu)
+    return train_grpo(list(sys.argv[1:] if argv is None else argv), sync_trainer=_turn_taking_trainer)
 
 
 if __name__ == "__main__":

@@ -157,8 +157,9 @@ def replacements(
     """Every object that stands in for a `REPLACED` name in this run, as {dotted name: object}.
 
     `batch`: the engines' batch limits (`engine_batch`; default: vLLM's for the device).
-    `entropy`: the `--entropy_adv.*` settings (no bonus if None). `sync_trainer`: a Ray actor
-    class to run instead of `MedsPPOTrainer` (a subclass of its `modified_class`), refused
+    `entropy`: the `--entropy_adv.*` settings (no bonus if None). `sync_trainer`: a function
+    returning a Ray actor class to run instead of `MedsPPOTrainer` (a subclass of its
+    `modified_class`; called here, after CPU mode's patches are in), refused
     where MEDS's sync trainer would not run (MEDS and --meds.diversity off, or
     --train.async_enable). The replaced hierarchize runs every check of OpenRLHF's parsed
     flags, then `on_checked(flat, config, entropy)` if given (the recipe check reads them there),
@@ -231,7 +232,7 @@ def _meds_replacements(config: MedsConfig, batch: dict, sync_trainer) -> dict[st
         return trainer
 
     replace = {
-        PPO_TRAINER: SimpleNamespace(remote=partial(start_trainer, sync_trainer or MedsPPOTrainer)),
+        PPO_TRAINER: SimpleNamespace(remote=partial(start_trainer, sync_trainer() if sync_trainer else MedsPPOTrainer)),
         PPO_TRAINER_ASYNC: SimpleNamespace(remote=partial(start_trainer, MedsPPOTrainerAsync)),
     }
     if config.feature_source == "vllm":

@@ -102,7 +102,7 @@ def test_the_turn_taking_trainer_needs_meds_sync_trainer():
     from openrlhf_meds.integration.openrlhf import HIERARCHIZE, replacements
     from openrlhf_meds.meds.config import MedsConfig
 
-    trainer = _turn_taking_trainer()
+    trainer = _turn_taking_trainer  # a function returning the class, called by the builder
     with pytest.raises(SystemExit, match="sync trainer extends MEDS's trainer.*keep --meds.diversity on"):
         replacements(MedsConfig(enable=False, diversity=False), sync_trainer=trainer)
     flags = {"reward.remote_url": "reward.py", "vllm.num_engines": 1, "train.async_enable": True}
