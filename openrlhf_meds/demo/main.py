@@ -59,6 +59,9 @@ CURVES = {  # tensorboard tag -> label
 # token-mean loss, no KL, several optimizer steps per rollout step (official: 512 prompts a step
 # in mini-batches of 32; here 8 in mini-batches of 2). Not kept: the overlong penalty (64-token
 # responses), 3,072-token responses, lr 1e-6 (a 7B model's).
+# Both pairs: mini-batches of 2 problems (4 optimizer steps a step) at a toy model's lr; the
+# pairs differ only in the filter and the clip.
+UPDATES = ["--train.batch_size", "16", "--actor.adam.lr", "5e-4"]
 PAIRS = {
     "dapo": {
         "name": "DAPO",
@@ -75,10 +78,7 @@ PAIRS = {
             "0.28",
             "--actor.loss_agg_mode",
             "token-mean",
-            "--train.batch_size",
-            "16",
-            "--actor.adam.lr",
-            "5e-4",
+            *UPDATES,
         ],  # fmt: skip
     },
     "grpo": {
@@ -86,7 +86,7 @@ PAIRS = {
         "setting": "GRPO: no filter (all-wrong groups reach MEDS), clip 0.2, token-mean loss, no KL, "
         "4 optimizer steps a step",
         "pool": 8,  # the same 8 problems every step, so mistakes come back
-        "flags": ["--train.batch_size", "16", "--actor.adam.lr", "5e-4"],  # as DAPO's: only the filter and clip differ
+        "flags": UPDATES,
     },
 }
 # Summary lines of the diversity metrics (docs/diversity.md), MEDS and baseline side by side.

@@ -151,6 +151,7 @@ def measure_start(model_dir: str, prompts_file: str, n: int = 8, seed: int = 0, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from openrlhf_meds.meds.answer import answer_target
+    from openrlhf_meds.verify import score_batch
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     y_stars = {
@@ -175,7 +176,7 @@ def measure_start(model_dir: str, prompts_file: str, n: int = 8, seed: int = 0, 
                 pad_token_id=tokenizer.pad_token_id,
             )
             texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-            verdicts = [arith.score(t, row["label"]) >= 0.5 for t in texts]
+            verdicts = [s >= 0.5 for s in score_batch(texts, [row["label"]] * n)]
             right += sum(verdicts)
             mixed += 0 < sum(verdicts) < n
             wrong = [arith.last_boxed(t) for t, v in zip(texts, verdicts) if not v]
