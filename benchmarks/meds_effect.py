@@ -133,7 +133,7 @@ def main(argv=None):
     sft_done = os.path.join(work, "sft_done.json")
     if not os.path.exists(sft_done):
         print("[meds_effect] SFT of the tiny model (OpenRLHF's SFT trainer)", flush=True)
-        task = sft_tiny_model(os.path.join(work, "sft_run"), n_sft=1600)
+        task = sft_tiny_model(os.path.join(work, "sft_run"))
         json.dump(
             {**{k: v for k, v in task.items() if k != "timings"}, "sft_s": task["timings"]["sft"]}, open(sft_done, "w")
         )

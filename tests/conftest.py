@@ -137,7 +137,7 @@ def sft_model(tmp_path_factory):
     if cached:
         return json.load(open(os.path.join(cached, "sft_done.json")))
     # The demo's 200 SFT steps: the model the demo's premise line describes (test_sft.py).
-    return sft_tiny_model(str(tmp_path_factory.mktemp("sft")), n_sft=1600)
+    return sft_tiny_model(str(tmp_path_factory.mktemp("sft")))
 
 
 @pytest.fixture

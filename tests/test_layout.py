@@ -211,7 +211,7 @@ def test_the_fast_lane_leaves_out_the_slow_tests(lane):
     assert ("test_task.py::test_score" in out.stdout) and ((slow in out.stdout) == (not lane)), out.stdout
 
 
-@pytest.mark.parametrize("package", ["integration", "tools", "memory"])
+@pytest.mark.parametrize("package", ["meds", "integration", "tools", "memory"])
 def test_every_module_is_named_in_the_readme_tree_and_its_package_docstring(package):
     folder = os.path.join(PACKAGE, package)
     modules = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py")

@@ -41,7 +41,7 @@ import time
 
 from ..cpu.launch import PPO_CPU_FLAGS
 from . import task as arith
-from .sft import grpo_argv, measure_start, sft_tiny_model
+from .sft import SFT_EXAMPLES, grpo_argv, measure_start, sft_tiny_model
 from .turns import TURNS_ENV
 
 CURVES = {  # tensorboard tag -> label
@@ -345,7 +345,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work-dir", default="outputs/demo")
     ap.add_argument("--steps", type=int, default=8, help="training steps (8 prompts x 8 rollouts each)")
-    ap.add_argument("--sft-examples", type=int, default=1600, help="SFT examples (8 a step)")
+    ap.add_argument("--sft-examples", type=int, default=SFT_EXAMPLES, help="SFT examples (8 a step)")
     ap.add_argument(
         "--pair", choices=sorted(PAIRS), default="dapo", help="dapo: DAPO vs DAPO + MEDS (the paper's); grpo: GRPO pair"
     )

@@ -35,10 +35,13 @@ def check_tokenizer_roundtrip(model_dir: str) -> None:
         raise RuntimeError(f"tokenizer saved in {model_dir} does not round-trip through AutoTokenizer")
 
 
+SFT_EXAMPLES = 1600  # 200 steps of 8: the demo's, the study's and the tests' SFT'd model
+
+
 def sft_tiny_model(
     work_dir: str,
     *,
-    n_sft: int = 1600,
+    n_sft: int = SFT_EXAMPLES,
     epochs: int = 1,
     lr: float = 1e-2,
     batch_size: int = 8,
@@ -48,8 +51,8 @@ def sft_tiny_model(
 ) -> dict:
     """Build the tiny Qwen2 + Qwen tokenizer, write the task data, and SFT it with OpenRLHF.
 
-    Defaults: 200 steps of 8 sums at lr 1e-2 (0.7 s a step on 2 cores); the format is learned
-    after ~100 steps, the sums only partly (some right, most wrong: `measure_start`).
+    Defaults: 200 steps of 8 problems at lr 1e-2 (0.7 s a step on 2 cores); the format is
+    learned after ~100 steps, the answers only partly (some right, most wrong: `measure_start`).
     `threads`: torch threads of the SFT process (default: every core; it runs alone).
 
     Returns {"base": ..., "sft_model": ..., "sft": ..., "prompts": ..., "reward": ...} (paths

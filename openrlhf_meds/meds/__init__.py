@@ -1,5 +1,17 @@
-"""The MEDS algorithm (no Ray, vLLM or OpenRLHF imports): answer-token features, the
-per-prompt error memory, clustering, penalties, configuration and per-model presets."""
+"""The MEDS algorithm (no Ray, vLLM or OpenRLHF imports).
+
+- `answer.py`: where a rollout's first answer token is; `features.py`: its per-layer logits
+  (the feature vector); `semantic.py`: response-text embeddings instead.
+- `memory.py`: `ErrorMemory`, the per-prompt memory (assign, append, re-cluster, stats);
+  `memory_files.py`: its storage format and files (atomic saves, tails, loading).
+- `clustering.py`: exact incremental HDBSCAN with the hdbscan package's labels, from
+  `hdbscan_tree.py` (the spanning tree and the condensed tree) and `hdbscan_numbering.py`
+  (how the package numbers clusters).
+- `shaping.py`: penalties, shaped rewards, group advantages, the dynamic filter's rule.
+- `config.py`: `MedsConfig`, the `--meds.*` flags and the per-model presets (`presets/`).
+- `diversity.py`: a group's diversity metrics; `reference.py`: the official memory step,
+  written plainly (the tests' yardstick).
+"""
 
 from .answer import answer_target
 from .config import MedsConfig, add_meds_args, config_from_args, list_presets, load_preset, resolve_config

@@ -43,7 +43,8 @@ import numpy as np
 import ray
 
 from ..meds.config import MedsConfig
-from ..meds.memory import ErrorMemory, save_tail
+from ..meds.memory import ErrorMemory
+from ..meds.memory_files import save_tail
 from .routing import shard_of, shard_of_group
 from .wal import ShardLog, group_record, link_chain, memory_chain, unpack_group
 

@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..meds.config import MedsConfig
-from ..meds.memory import ErrorMemory, memory_file_base
+from ..meds.memory import ErrorMemory
+from ..meds.memory_files import memory_file_base
 
 logger = logging.getLogger(__name__)
 

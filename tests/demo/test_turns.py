@@ -111,3 +111,27 @@ def test_the_turn_taking_trainer_needs_meds_sync_trainer():
         checked(argparse.Namespace(**flags))
     flags["train.async_enable"] = False
     assert checked(argparse.Namespace(**flags)).train.async_enable is False  # sync: parsed by OpenRLHF
+
+
+def test_the_turns_entry_point_dry_runs_the_demos_flags_on_cpu(tmp_path):
+    """`python -m openrlhf_meds.demo.turns` as the demo starts it (a fresh interpreter, the
+    demo's DAPO flags): the turn-taking trainer class is made under CPU mode's patches (made
+    before them, OpenRLHF's trainer module fails on flash-attn's CUDA import), every flag is
+    checked, and the dry run prints the resolved configuration."""
+    import subprocess
+    import sys
+
+    from openrlhf_meds.demo.main import train_argv
+
+    task = {k: str(tmp_path / f"missing-{k}") for k in ("sft_model", "prompts", "reward")}
+    argv = train_argv(task, str(tmp_path / "run"), 4, extra=["--algo.dynamic_filtering_enable"])
+    run = subprocess.run(
+        [sys.executable, "-m", "openrlhf_meds.demo.turns", *argv, "--dry_run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    resolved = json.loads(run.stdout[run.stdout.index("{\n") :])
+    assert resolved["openrlhf"]["algo.dynamic_filtering_enable"] is True
+    assert resolved["meds"]["enable"] is True and resolved["meds"]["memory_dir"] == str(tmp_path / "run" / "meds_state")

@@ -1,4 +1,6 @@
-"""Exact incremental HDBSCAN vs the hdbscan package (exact spanning tree) and scipy's MST."""
+"""Exact incremental HDBSCAN vs the hdbscan package (exact spanning tree): the partition and
+the cluster numbers, so the numbering replay (`hdbscan_numbering.py`) is tested here too,
+through `recluster`, `package_numbering` and `replayed_labels`."""
 
 from collections import Counter
 from itertools import combinations
@@ -6,11 +8,11 @@ from itertools import combinations
 import hdbscan
 import numpy as np
 import pytest
-from scipy.sparse.csgraph import minimum_spanning_tree
-from scipy.spatial.distance import pdist, squareform
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
-from openrlhf_meds.meds.clustering import _replayed_labels, _tree_edges, normalize_rows, package_numbering, recluster
+from openrlhf_meds.meds.clustering import normalize_rows, package_numbering, recluster
+from openrlhf_meds.meds.hdbscan_numbering import replayed_labels
+from openrlhf_meds.meds.hdbscan_tree import tree_edges
 from openrlhf_meds.meds.reference import ReferenceMemory
 
 
@@ -69,17 +71,6 @@ def test_incremental_insertion_equals_rebuild(seed):
     np.testing.assert_array_equal(labels, scratch_labels)
 
 
-def test_tree_is_a_minimum_spanning_tree():
-    xn = features(7, 300, kind="random")
-    parent, _ = recluster(xn[:250])
-    parent, _ = recluster(xn, parent)
-    assert (parent == -1).sum() == 1 and len(parent) == 300
-    child = np.nonzero(parent >= 0)[0]
-    ours = np.linalg.norm(xn[child] - xn[parent[child]], axis=1).sum()
-    best = minimum_spanning_tree(squareform(pdist(xn))).sum()
-    assert ours == pytest.approx(best, rel=1e-12)
-
-
 @pytest.mark.parametrize("frac", [0.0, 0.1, 0.5])
 @pytest.mark.parametrize("seed", range(4))
 def test_repeated_rows_give_the_package_labels(frac, seed):
@@ -108,7 +99,7 @@ def test_repeated_rows_give_the_package_labels(frac, seed):
             assert sizes[winner + 1] == sizes[min(a, b) + 1]
     if frac > 0:
         replay = Counter()
-        np.testing.assert_array_equal(_replayed_labels(xn, *_tree_edges(xn, parent), replay), theirs)
+        np.testing.assert_array_equal(replayed_labels(xn, *tree_edges(xn, parent), replay), theirs)
         # Copies of a row can stay apart after the package's first Boruvka round (then the
         # package labels the key) only when there are 4 or more of them.
         copies = np.unique(xn, axis=0, return_counts=True)[1].max()
@@ -125,7 +116,7 @@ def test_replay_gives_the_package_numbers(seed):
     theirs = package_labels(xn)
     assert same_partition(ours, theirs) and (ours != theirs).any()
     counters = Counter()
-    np.testing.assert_array_equal(_replayed_labels(xn, *_tree_edges(xn, parent), counters), theirs)
+    np.testing.assert_array_equal(replayed_labels(xn, *tree_edges(xn, parent), counters), theirs)
     assert counters == {"tie_replays": 1}
 
 
@@ -197,5 +188,3 @@ def test_tiny_inputs():
     assert recluster(np.empty((0, 3)))[1].shape == (0,)
     np.testing.assert_array_equal(recluster(np.ones((1, 3)))[1], [-1])
     np.testing.assert_array_equal(recluster(normalize_rows(np.eye(3)[:2]))[1], [-1, -1])
-    with pytest.raises(ValueError, match="spans 5 rows"):
-        recluster(np.ones((3, 3)), np.full(5, -1, np.int32))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
-from openrlhf_meds.meds.memory import memory_file_base, pack_vectors, save_tail, unpack_vectors
+from openrlhf_meds.meds.memory_files import memory_file_base, pack_vectors, save_tail, unpack_vectors
 from openrlhf_meds.meds.reference import ReferenceMemory
 
 D = 14

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
-from openrlhf_meds.meds.memory import memory_file_base
+from openrlhf_meds.meds.memory_files import memory_file_base
 from openrlhf_meds.memory.client import MemoryClient
 from openrlhf_meds.memory.routing import new_group_id, shard_of
 from openrlhf_meds.memory.wal import read_manifest

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from openrlhf_meds.meds import ErrorMemory, MedsConfig
-from openrlhf_meds.meds.memory import save_tail
+from openrlhf_meds.meds.memory_files import save_tail
 from openrlhf_meds.memory.wal import (
     LOST_SEQ,
     MANIFEST,
