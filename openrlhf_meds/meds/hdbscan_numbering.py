@@ -142,7 +142,7 @@ def _count(counters, name: str):
 
 def package_labels(xn: np.ndarray, approx: bool = False) -> np.ndarray:
     """The hdbscan package's labels (min_cluster_size 2, min_samples 1, euclidean): with the
-    exact spanning tree, what `recluster` equals; `approx=True` is how the official code calls
+    exact spanning tree, what `clustering.recluster` equals; `approx=True` is how the official code calls
     it (`--meds.clustering hdbscan`)."""
     import hdbscan  # lazily: only clustering=hdbscan and the cases `recluster` cannot reproduce need it
 
@@ -213,8 +213,8 @@ def package_numbering(
     settled when the tied clusters nearest the root of the single-linkage tree have one size;
     otherwise we replay the package's Boruvka from its own query, and call the package where
     that cannot be exact (copies of a row apart after its first round, equal distances between
-    distinct rows, more than 60 dims). `parent`: the MST of `xn` from `clustering.recluster`, if at hand.
-    Counts as `clustering.recluster` does.
+    distinct rows, more than 60 dims). `parent`: the MST of `xn` from `clustering.recluster`,
+    if at hand. Counts as `clustering.recluster` does.
     """
     xn = np.ascontiguousarray(xn, dtype=np.float64)
     if len(xn) < 2 or len(votes) == 0:

@@ -298,10 +298,11 @@ def _insert(xn, parent):
 
 
 def grow_mst(xn: np.ndarray, parent: np.ndarray | None = None):
-    """The exact MST of the rows of `xn` (float64, C-contiguous), given `parent`, the MST of
+    """The exact MST of the rows of `xn` (L2-normalised), given `parent`, the MST of
     its first len(parent) rows (an int32 parent array, root -1; None: none). Returns the
     parent array of all rows (rooted at row 0) and its edges eu, ev, ew in weight order, as
     Kruskal accepted them: the single-linkage merges."""
+    xn = np.ascontiguousarray(xn, dtype=np.float64)  # _dist2 sums in float64, in row order
     if parent is None or len(parent) == 0:
         parent = np.full(1, -1, np.int32)
     if len(parent) > len(xn):
