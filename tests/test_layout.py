@@ -211,10 +211,17 @@ def test_the_fast_lane_leaves_out_the_slow_tests(lane):
     assert ("test_task.py::test_score" in out.stdout) and ((slow in out.stdout) == (not lane)), out.stdout
 
 
-@pytest.mark.parametrize("package", ["meds", "integration", "tools", "memory"])
+SUBPACKAGES = sorted(d for d in os.listdir(PACKAGE) if os.path.isfile(os.path.join(PACKAGE, d, "__init__.py")))
+
+
+def test_the_subpackages_are_found():
+    assert {"meds", "memory", "engine", "integration", "cpu", "demo", "tools"} <= set(SUBPACKAGES)
+
+
+@pytest.mark.parametrize("package", SUBPACKAGES)
 def test_every_module_is_named_in_the_readme_tree_and_its_package_docstring(package):
     folder = os.path.join(PACKAGE, package)
-    modules = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py")
+    modules = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("__"))
     readme = open(os.path.join(REPO, "README.md")).read().splitlines()
     row = next(line for line in readme if line.startswith(f"| `openrlhf_meds/{package}/`"))
     docstring = ast.get_docstring(ast.parse(open(os.path.join(folder, "__init__.py")).read())) or ""

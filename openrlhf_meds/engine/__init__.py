@@ -1,9 +1,9 @@
 """Rollout features from vLLM engines: each rollout's MEDS feature computed by the engine
 that generated it (docs/vllm-features.md).
 
-- `openrlhf_meds.engine.vllm_features`: what runs inside vLLM's worker processes (the
+- `vllm_features.py`: what runs inside vLLM's worker processes (the
   model subclasses, the logits processor, the worker extension).
-- `openrlhf_meds.engine.client`: what the caller runs (`engine_kwargs`,
+- `client.py`: what the caller runs (`engine_kwargs`,
   `rollout_features`, `rollout_features_sync`).
 
 This module stays import-light: vLLM loads `register` (a `vllm.general_plugins` entry point,

@@ -18,6 +18,9 @@ answer or label written in e-notation ("4.5e33", which math-verify reads as 4.5 
 rewritten "4.5 \\times 10^{33}" first, and math-verify's "equal" on two plain numbers that
 differ by more than one part in 10^6 is overruled (it rounds to 6 decimal places, so all
 numbers below ~1e-7 look equal). docs/verifier.md has the measured agreement and timings.
+
+Modules: `boxed.py` (answer extraction), `_numeric.py` (plain numbers), `_pool.py` and
+`_worker.py` (the worker pool), `official.py` (the official run's check).
 """
 
 from __future__ import annotations
