@@ -124,7 +124,7 @@ def main(argv=None):
         "dapo": [int(s) for s in args.dapo_seeds.split(",")],
         "other": [int(s) for s in args.other_seeds.split(",")],
     }
-    plan = [(arm, s) for arm in ARMS for s in seeds["dapo" if arm in ("dapo", "dapo_meds") else "other"]]
+    plan = [(arm, s) for arm in ARMS for s in _seeds_of(arm, seeds)]
     work = os.path.abspath(args.work_dir)
     t0 = time.perf_counter()
 

@@ -154,7 +154,7 @@ def measure_start(model_dir: str, prompts_file: str, n: int = 8, seed: int = 0, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from openrlhf_meds.meds.answer import answer_target
-    from openrlhf_meds.verify import score_batch
+    from openrlhf_meds.verify import extract_boxed, score_batch
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     y_stars = {
@@ -182,7 +182,7 @@ def measure_start(model_dir: str, prompts_file: str, n: int = 8, seed: int = 0, 
             verdicts = [s >= 0.5 for s in score_batch(texts, [row["label"]] * n)]
             right += sum(verdicts)
             mixed += 0 < sum(verdicts) < n
-            wrong = [arith.last_boxed(t) for t, v in zip(texts, verdicts) if not v]
+            wrong = [extract_boxed(t) for t, v in zip(texts, verdicts) if not v]
             if len(wrong) >= 2:
                 repeated.append(Counter(wrong).most_common(1)[0][1] / len(wrong))
     return {

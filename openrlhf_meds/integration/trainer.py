@@ -119,7 +119,7 @@ class MedsExperienceMaker(RemoteExperienceMaker):
                 for tag in (GROUP_ID, ROLLOUT, HAS_FEATURE):
                     e.info.pop(tag, None)
         experiences = super().compute_advantages_and_returns(experiences)
-        self.step_metrics.update(group_metrics(experiences, self.strategy.args.rollout.n_samples_per_prompt))
+        self.step_metrics.update(group_metrics(experiences, self.args.rollout.n_samples_per_prompt))
         return experiences
 
     def shape_rewards(self, experiences) -> dict:
